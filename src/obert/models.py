@@ -1,0 +1,67 @@
+"""Load models and tokenizers by hub id or local folder, safetensors only."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from obert.data.tasks import TaskSpec
+from obert.errors import ObertError
+
+
+def _quiet_transformers() -> None:
+    # The load report for a freshly initialised head is expected here, not a warning.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def load_classifier(name_or_path: str, task: TaskSpec):
+    """An ``AutoModelForSequenceClassification`` with the task's label count and names.
+
+    Only safetensors weights are accepted: a pickled checkpoint is never unpickled.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e)) from None
+    same_task = config.num_labels == task.num_labels and getattr(config, "finetuning_task", None) == task.name
+    kwargs = {}
+    if not same_task:
+        kwargs = dict(num_labels=task.num_labels, ignore_mismatched_sizes=True)
+        if task.label_names:
+            kwargs["id2label"] = dict(enumerate(task.label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(task.label_names)}
+        if task.is_regression:
+            kwargs["problem_type"] = "regression"
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, use_safetensors=True, **kwargs
+        )
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e)) from None
+    model.config.finetuning_task = task.name
+    return model
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e)) from None
+
+
+def _load_error(name: str, e: Exception) -> str:
+    if os.path.isdir(name):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot load model folder {name}: {first[:200]}; it needs config.json and model.safetensors"
+    if os.path.sep in name and not os.path.exists(name):
+        return f"model folder {name} does not exist"
+    return (f"cannot load {name!r} from the Hugging Face hub ({type(e).__name__}): "
+            "check the id, or pass a local model folder")

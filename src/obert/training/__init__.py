@@ -1,0 +1,1 @@
+"""Training and evaluation: Trainer-based fine-tuning and a plain evaluation loop."""

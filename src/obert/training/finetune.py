@@ -1,0 +1,62 @@
+"""Dense fine-tuning on a GLUE task with the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+
+from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_seq_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool = False) -> dict:
+    """Train ``model`` in place (linear LR decay after warm-up); returns the training summary."""
+    with tempfile.TemporaryDirectory(prefix="obert-trainer-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.lr,
+            per_device_train_batch_size=cfg.batch_size,
+            warmup_steps=cfg.warmup_ratio,  # a float below 1 is a fraction of all steps
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type="linear",
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=max(1, len(train_encoded) // cfg.batch_size // 10),
+            report_to=[],
+            disable_tqdm=quiet,
+            log_level="error" if quiet else "warning",
+            use_cpu=not _has_cuda(),
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_encoded,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
+        )
+        if quiet:
+            trainer.remove_callback(PrinterCallback)
+        out = trainer.train()
+    return {"train_loss": out.training_loss, "steps": out.global_step, **out.metrics}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

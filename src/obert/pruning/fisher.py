@@ -87,21 +87,30 @@ class EmpiricalFisher:
         self.ggt.baddbmm_(g.permute(1, 2, 0), g.permute(1, 0, 2))
         self._n_buf = 0
 
-    def fisher_inv(self, inv_chunk: int = 4096) -> Tensor:
+    def fisher_inv(
+        self, damp: float | None = None, keep: bool = False, inv_chunk: int = 4096
+    ) -> Tensor:
         """Return F⁻¹ per block, [⌈d/B⌉, B, B] fp32, with F = λI + GᵀG/m.
 
-        Inverts in float64 a few thousand blocks at a time, in place of the accumulator, so the
-        peak stays near the accumulator's own size. The object cannot take more gradients after.
+        Inverts in float64 a few thousand blocks at a time. By default it works in place of the
+        accumulator, so the peak stays near the accumulator's own size, and the object takes no
+        more gradients after. ``keep=True`` writes to a new tensor and keeps the accumulator, so
+        one gradient pass can serve several ``damp`` values (λ tuning).
         """
         if self.num_grads == 0:
             raise ValueError("no gradients were added")
+        if self.ggt.numel() == 0:
+            raise RuntimeError("fisher_inv() already consumed this accumulator")
         self._flush()
-        self._buf = self._buf[:0]  # release the buffer before the inversion
+        damp = self.damp if damp is None else damp
         ggt, m = self.ggt, self.num_grads
+        out = torch.empty_like(ggt) if keep else ggt
+        if not keep:
+            self._buf = self._buf[:0]  # release the buffer before the inversion
+            self.ggt = torch.empty(0)
         for s in range(0, ggt.shape[0], inv_chunk):
-            ggt[s : s + inv_chunk] = damped_inverse(ggt[s : s + inv_chunk].double() / m, self.damp)
-        self.ggt = torch.empty(0)
-        return ggt
+            out[s : s + inv_chunk] = damped_inverse(ggt[s : s + inv_chunk].double() / m, damp)
+        return out
 
 
 def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:

@@ -133,6 +133,14 @@ class OBSPruner(Pruner):
         for name, f in self._fishers.items():
             f.add_grad(grads[name] * self.masks[name])
 
+    def fisher_inv(self, damp: float | None = None, keep: bool = False) -> dict[str, Tensor]:
+        """F⁻¹ of every target from the gradients added so far (see ``EmpiricalFisher``)."""
+        return {n: f.fisher_inv(damp, keep) for n, f in self._fishers.items()}
+
+    def load_fisher_inv(self, finv: dict[str, Tensor]) -> None:
+        """Use these F⁻¹ blocks for the next ``step`` instead of collected gradients."""
+        self._fishers, self._finv = {}, dict(finv)
+
     @property
     def num_grads(self) -> int:
         return next(iter(self._fishers.values())).num_grads if self._fishers else 0
@@ -144,8 +152,8 @@ class OBSPruner(Pruner):
     def scores(self) -> dict[str, Tensor]:
         if not self._fishers and not self._finv:
             raise RuntimeError("OBSPruner.step() needs gradients: call begin() and add_grads()")
-        for name in list(self._fishers):
-            self._finv[name] = self._fishers.pop(name).fisher_inv()
+        if self._fishers:
+            self._finv, self._fishers = self.fisher_inv(), {}
         out = {}
         for name in self.weights:
             wb, finv = self._blocks(name)

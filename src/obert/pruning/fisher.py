@@ -50,8 +50,9 @@ def from_blocks(xb: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 class EmpiricalFisher:
     """Streams gradients of one tensor into the block-diagonal Σ g gᵀ; ``fisher_inv`` inverts.
 
-    Holds the [⌈d/B⌉, B, B] fp32 accumulator and a buffer of ``chunk`` gradients. It never holds
-    all m gradients at once.
+    Holds the [⌈d/B⌉, B, B] accumulator (fp32 by default, as the paper's 4·d·B bytes) and a
+    buffer of ``chunk`` gradients. It never holds all m gradients at once. ``dtype=float64``
+    doubles the memory and removes fp32 rounding from ill-conditioned blocks.
     """
 
     def __init__(
@@ -61,19 +62,20 @@ class EmpiricalFisher:
         damp: float,
         chunk: int = 16,
         device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
         self.numel, self.block_size, self.damp = numel, block_size, damp
         nb = num_blocks(numel, block_size)
-        self.ggt = torch.zeros(nb, block_size, block_size, device=device)
-        self._buf = torch.zeros(chunk, nb, block_size, device=device)
+        self.ggt = torch.zeros(nb, block_size, block_size, device=device, dtype=dtype)
+        self._buf = torch.zeros(chunk, nb, block_size, device=device, dtype=dtype)
         self._n_buf = 0
         self.num_grads = 0
 
     def add_grad(self, grad: Tensor) -> None:
         """Add one gradient g (any shape with d elements)."""
-        self._buf[self._n_buf].copy_(to_blocks(grad.detach().float(), self.block_size))
+        self._buf[self._n_buf].copy_(to_blocks(grad.detach(), self.block_size))
         self._n_buf += 1
         self.num_grads += 1
         if self._n_buf == self._buf.shape[0]:
@@ -90,7 +92,7 @@ class EmpiricalFisher:
     def fisher_inv(
         self, damp: float | None = None, keep: bool = False, inv_chunk: int = 4096
     ) -> Tensor:
-        """Return F⁻¹ per block, [⌈d/B⌉, B, B] fp32, with F = λI + GᵀG/m.
+        """Return F⁻¹ per block, [⌈d/B⌉, B, B] in the accumulator's dtype, F = λI + GᵀG/m.
 
         Inverts in float64 a few thousand blocks at a time. By default it works in place of the
         accumulator, so the peak stays near the accumulator's own size, and the object takes no
@@ -125,9 +127,11 @@ def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:
     return inv
 
 
-def fisher_inv(grads: Tensor, damp: float, block_size: int, chunk: int = 16) -> Tensor:
+def fisher_inv(
+    grads: Tensor, damp: float, block_size: int, chunk: int = 16, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """F⁻¹ per block from a stacked [m, d] gradient matrix (convenience for small inputs)."""
-    fisher = EmpiricalFisher(grads[0].numel(), block_size, damp, chunk=chunk, device=grads.device)
+    fisher = EmpiricalFisher(grads[0].numel(), block_size, damp, chunk, grads.device, dtype)
     for g in grads:
         fisher.add_grad(g)
     return fisher.fisher_inv()

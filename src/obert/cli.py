@@ -86,6 +86,10 @@ def _data(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "task", None) is not None:
+        from obert.data.tasks import get_task
+
+        get_task(args.task)  # a typo fails before the heavy imports below
     from obert import workflows as wf
 
     wf.set_quiet(getattr(args, "quiet", False))
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         result = wf.run_evaluate(args.model, _data(args), args.split, args.max_seq_length,
                                  args.batch_size, args.quiet)
         if args.json:
-            print(json.dumps(result))
+            # NaN (e.g. a correlation of constant predictions) is not JSON: write null.
+            clean = {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
+            print(json.dumps(clean))
         else:
             for k, v in result.items():
                 print(f"{k:>22}  {v:.4f}" if isinstance(v, float) else f"{k:>22}  {v}")

@@ -48,19 +48,32 @@ def load_classifier(name_or_path: str, task: TaskSpec):
     return model
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    if os.path.isdir(name_or_path) and not any(
+        os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
+    ):
+        # transformers would build a near-empty tokenizer and map every word to [UNK].
+        raise ObertError(
+            f"model folder {name_or_path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}"
+            ", ...): save the tokenizer beside the model"
+        )
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:
-        raise ObertError(_load_error(name_or_path, e)) from None
+        raise ObertError(_load_error(name_or_path, e, "tokenizer")) from None
 
 
-def _load_error(name: str, e: Exception) -> str:
+def _load_error(name: str, e: Exception, what: str = "model") -> str:
     if os.path.isdir(name):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"cannot load model folder {name}: {first[:200]}; it needs config.json and model.safetensors"
+        need = "tokenizer files" if what == "tokenizer" else "config.json and model.safetensors"
+        return f"cannot load the {what} in {name}: {first[:200]}; it needs {need}"
     if os.path.sep in name and not os.path.exists(name):
         return f"model folder {name} does not exist"
     return (f"cannot load {name!r} from the Hugging Face hub ({type(e).__name__}): "

@@ -15,9 +15,10 @@ from obert import __version__
 from obert.data.glue import load_split, subsample
 from obert.data.tasks import TaskSpec, get_task
 from obert.data.tokenize import batches, encode
+from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model, sparsity_report
 from obert.models import load_classifier, load_tokenizer
-from obert.pruning.oneshot import OneShotConfig, oneshot_prune, prepare
+from obert.pruning.oneshot import OneShotConfig, fisher_memory_check, oneshot_prune, prepare
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate
 from obert.training.finetune import FinetuneConfig, finetune
@@ -94,9 +95,13 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: OneShotConfig, output: str
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
     prepared = prepare(model, cfg)
+    fisher_memory_check(prepared[1], cfg, lambda _: None)  # refuse before loading any data
     loader = None
     if cfg.method == "obert":
-        train = encode(data.load("train"), tokenizer, task, max_seq_length)
+        # Only m·batch·r rows are ever drawn: tokenize a random subset of that size.
+        need = cfg.num_grads * cfg.grad_batch_size * cfg.recomputations
+        train = subsample(data.load("train"), need, data.seed)
+        train = encode(train, tokenizer, task, max_seq_length)
         loader = batches(train, tokenizer, cfg.grad_batch_size, data.seed)
     t0 = time.time()
     oneshot_prune(model, cfg, loader, quiet=quiet, log=log, prepared=prepared)
@@ -119,6 +124,8 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
                  batch_size: int = 64, quiet: bool = False) -> dict:
     task = data.spec
     ds = data.load(split)
+    if len(ds) and ds[0]["label"] == -1:
+        raise ObertError(f"the {split} split of {task.name} has no labels to score: use --split dev")
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
     metrics = evaluate(model, encode(ds, tokenizer, task, max_seq_length), tokenizer, task,
@@ -129,8 +136,6 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
 
 
 def _targets_or_none(model) -> dict:
-    from obert.errors import ObertError
-
     try:
         return find_targets(model)
     except ObertError:
@@ -139,8 +144,6 @@ def _targets_or_none(model) -> dict:
 
 def _maybe_evaluate(model, tokenizer, data: DataArgs, max_seq_length: int, quiet: bool) -> dict:
     """Dev metrics when a dev split can be had; training outputs do not fail without one."""
-    from obert.errors import ObertError
-
     try:
         dev = data.load("dev")
     except ObertError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
 
 GLUE_DIR_ENV = "OBERT_GLUE_DIR"
+logger = logging.getLogger(__name__)
 _TABLE_EXTS = (".parquet", ".csv", ".json", ".jsonl", ".tsv")
 
 
@@ -52,6 +54,8 @@ def read_glue_tsv(path: str | os.PathLike, task: TaskSpec) -> datasets.Dataset:
             continue
         for dst, i in index.items():
             columns[dst].append(row[i])
+    if skipped:
+        logger.warning("%s: skipped %d malformed line(s) with a wrong number of fields", path, skipped)
     if "label" in columns:
         columns["label"] = [_parse_label(v, task, path) for v in columns["label"]]
     else:

@@ -86,13 +86,21 @@ def fisher_memory_check(pruner: Pruner, cfg: OneShotConfig, log: Callable[[str],
         return
     need = pruner.memory_bytes()
     n = sum(w.numel() for w in pruner.weights.values())
-    log(f"Fisher inverse: {need / 1e9:.2f} GB for {n:,} weights in {len(pruner.weights)} "
-        f"tensors (B={cfg.fisher_block_size}, fp32)")
     if cfg.max_fisher_memory_gb is not None and need > cfg.max_fisher_memory_gb * 1e9:
         raise ObertError(
-            f"the Fisher needs {need / 1e9:.2f} GB, over --max-fisher-memory "
+            f"the Fisher needs {human_bytes(need)} for {n:,} weights, over --max-fisher-memory "
             f"{cfg.max_fisher_memory_gb:g} GB: lower --fisher-block-size or raise the budget"
         )
+    log(f"Fisher inverse: {human_bytes(need)} for {n:,} weights in {len(pruner.weights)} "
+        f"tensors (B={cfg.fisher_block_size}, fp32)")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.2f} GB"
 
 
 def oneshot_prune(

@@ -7,6 +7,7 @@ in ``fisher``, ``obs`` and ``select``; this module only wires them to tensors th
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -136,6 +137,13 @@ class OBSPruner(Pruner):
     def fisher_inv(self, damp: float | None = None, keep: bool = False) -> dict[str, Tensor]:
         """F⁻¹ of every target from the gradients added so far (see ``EmpiricalFisher``)."""
         return {n: f.fisher_inv(damp, keep) for n, f in self._fishers.items()}
+
+    def fisher_state(self) -> dict[str, fisher_mod.EmpiricalFisher]:
+        """A copy of the gradient statistics so far (to branch, e.g. m-sweeps from one pass)."""
+        return copy.deepcopy(self._fishers)
+
+    def load_fisher_state(self, state: dict[str, fisher_mod.EmpiricalFisher]) -> None:
+        self._fishers, self._finv = copy.deepcopy(state), {}
 
     def load_fisher_inv(self, finv: dict[str, Tensor]) -> None:
         """Use these F⁻¹ blocks for the next ``step`` instead of collected gradients."""

@@ -51,12 +51,20 @@ def find_targets(
     inc = [re.compile(p) for p in include or []]
     exc = [re.compile(p) for p in exclude or []]
     found: dict[str, nn.Linear] = {}
+    excluded = 0
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
         wanted = bool(LAYER_STACK.search(name)) or any(p.search(name) for p in inc)
-        if wanted and not any(p.search(name) for p in exc):
+        if wanted and any(p.search(name) for p in exc):
+            excluded += 1
+        elif wanted:
             found[name] = mod
+    if not found and excluded:
+        raise ObertError(
+            f"{type(model).__name__} has no prunable layers left: --exclude removed all "
+            f"{excluded} candidates; loosen the --exclude patterns"
+        )
     if not found:
         raise ObertError(
             f"{type(model).__name__} has no prunable layers: no nn.Linear inside a numbered "

@@ -77,7 +77,7 @@ def test_fewer_grads_than_block_is_still_exact():
 
 def test_streaming_holds_only_a_chunk_of_gradients():
     f = EmpiricalFisher(1000, 50, 1e-4, chunk=8, dtype=torch.double)
-    assert f._buf.shape == (8, 20, 50)  # never m gradients
+    assert f._buf.shape == (20, 50, 8)  # never m gradients
     torch.manual_seed(0)
     grads = torch.randn(30, 1000, dtype=torch.double)
     for g in grads:

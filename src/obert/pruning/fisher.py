@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -62,7 +63,7 @@ class EmpiricalFisher:
         numel: int,
         block_size: int,
         damp: float,
-        chunk: int = 16,
+        chunk: int = 4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -71,32 +72,36 @@ class EmpiricalFisher:
         self.numel, self.block_size, self.damp = numel, block_size, damp
         nb = num_blocks(numel, block_size)
         self.ggt = torch.zeros(nb, block_size, block_size, device=device, dtype=dtype)
-        self._buf = torch.zeros(chunk, nb, block_size, device=device, dtype=dtype)
+        # [nb, B, chunk]: gradient c is column c of every block, so the flush multiplies
+        # buf @ bufᵀ with no copy; the padding rows past d stay 0 forever.
+        self._buf = torch.zeros(nb, block_size, chunk, device=device, dtype=dtype)
         self._n_buf = 0
         self.num_grads = 0
+        self.threads = max(1, torch.get_num_threads())
 
     def add_grad(self, grad: Tensor) -> None:
         """Add one gradient g (any shape with d elements)."""
-        self._buf[self._n_buf].copy_(to_blocks(grad.detach(), self.block_size))
+        flat = self._buf.view(-1, self._buf.shape[-1])[: self.numel, self._n_buf]
+        flat.copy_(grad.detach().reshape(-1))
         self._n_buf += 1
         self.num_grads += 1
-        if self._n_buf == self._buf.shape[0]:
+        if self._n_buf == self._buf.shape[-1]:
             self._flush()
 
     def _flush(self) -> None:
         if self._n_buf == 0:
             return
-        g = self._buf[: self._n_buf]  # [c, nb, B]
+        g = self._buf[:, :, : self._n_buf]  # [nb, B, c]
         # Σ_c g_c g_cᵀ per block, as one batched [B, c] @ [c, B] product.
-        self.ggt.baddbmm_(g.permute(1, 2, 0), g.permute(1, 0, 2))
+        self.ggt.baddbmm_(g, g.transpose(1, 2))
         self._n_buf = 0
 
     def fisher_inv(
-        self, damp: float | None = None, keep: bool = False, inv_chunk: int = 4096
+        self, damp: float | None = None, keep: bool = False, inv_chunk: int = 512
     ) -> Tensor:
         """Return F⁻¹ per block, [⌈d/B⌉, B, B] in the accumulator's dtype, F = λI + GᵀG/m.
 
-        Inverts in float64 a few thousand blocks at a time. By default it works in place of the
+        Inverts in float64 a few hundred blocks at a time. By default it works in place of the
         accumulator, so the peak stays near the accumulator's own size, and the object takes no
         more gradients after. ``keep=True`` writes to a new tensor and keeps the accumulator, so
         one gradient pass can serve several ``damp`` values (λ tuning).
@@ -110,10 +115,21 @@ class EmpiricalFisher:
         ggt, m = self.ggt, self.num_grads
         out = torch.empty_like(ggt) if keep else ggt
         if not keep:
-            self._buf = self._buf[:0]  # release the buffer before the inversion
+            self._buf = torch.empty(0)  # release the buffer before the inversion
             self.ggt = torch.empty(0)
-        for s in range(0, ggt.shape[0], inv_chunk):
+
+        def invert(s: int) -> None:
             out[s : s + inv_chunk] = damped_inverse(ggt[s : s + inv_chunk].double() / m, damp)
+
+        starts = range(0, ggt.shape[0], inv_chunk)
+        if ggt.device.type != "cpu":
+            for s in starts:
+                invert(s)
+            return out
+        # Batched small LAPACK calls do not use torch's intra-op threads well (see
+        # ``_one_cpu_thread``), so run one single-threaded chunk per core instead.
+        with _one_cpu_thread(ggt.device), ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(invert, starts))
         return out
 
 
@@ -122,12 +138,13 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Batched small LAPACK calls on CPU: torch's intra-op threading of ``cholesky_inverse`` was
     measured 100-700× slower with 2 threads than with 1 when another process shares the cores."""
     n = torch.get_num_threads()
-    if device.type == "cpu":
+    if device.type == "cpu" and n != 1:
         torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:
@@ -144,7 +161,7 @@ def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:
 
 
 def fisher_inv(
-    grads: Tensor, damp: float, block_size: int, chunk: int = 16, dtype: torch.dtype = torch.float32
+    grads: Tensor, damp: float, block_size: int, chunk: int = 4, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """F⁻¹ per block from a stacked [m, d] gradient matrix (convenience for small inputs)."""
     fisher = EmpiricalFisher(grads[0].numel(), block_size, damp, chunk, grads.device, dtype)

@@ -106,7 +106,7 @@ class OBSPruner(Pruner):
         k: int = 1,
         block_size: int = 50,
         damp: float = 1e-7,
-        chunk: int = 16,
+        chunk: int = 4,
     ) -> None:
         if block_size % k:
             raise ValueError(f"Fisher block size {block_size} is not a multiple of group size {k}")

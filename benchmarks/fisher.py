@@ -148,6 +148,7 @@ def worker_time(args: argparse.Namespace) -> dict[str, Any]:
         loop_s += t2 - t1
         del g
 
+    peak_loop = peak_rss()  # to tell the accumulation's peak from the inversion's
     inv_s = None
     if ours and not args.worker_no_inv:
         # The small batched LAPACK calls are what the thread count matters for (see report).
@@ -173,6 +174,7 @@ def worker_time(args: argparse.Namespace) -> dict[str, Any]:
         "maxrss_before_bytes": maxrss_before,
         "peak_rss_bytes": peak,
         "peak_delta_bytes": peak - rss_before,
+        "peak_loop_delta_bytes": peak_loop - rss_before,
         "cpu_s": ru.ru_utime + ru.ru_stime,
     }
     if args.worker_verify and inv_s is not None:  # after the peak was read
@@ -246,9 +248,14 @@ def cpu_busy_jiffies() -> int:
 
 
 def config_key(cfg: dict[str, Any]) -> str:
-    if not cfg["tuned"]:
-        return f"c{cfg['chunk']}"
-    return f"c{cfg['chunk']}_ic{cfg['inv_chunk']}_t{cfg['inv_threads']}"
+    key = f"c{cfg['chunk']}"
+    if cfg["tuned"]:
+        key += f"_ic{cfg['inv_chunk']}_t{cfg['inv_threads']}"
+    return key + (f"_mmap{cfg['mmap']}" if cfg["mmap"] else "")
+
+
+def allocator(mmap: int) -> str:
+    return f"`MALLOC_MMAP_THRESHOLD_={mmap}`" if mmap else "glibc default"
 
 
 def run_worker(
@@ -260,7 +267,12 @@ def run_worker(
     no_inv: bool = False,
 ) -> dict[str, Any]:
     """Run one worker in a fresh interpreter; also measure how busy the rest of the machine was."""
-    cfg = cfg or {"chunk": 16, "inv_chunk": 4096, "inv_threads": args.threads}
+    cfg = {"chunk": 16, "inv_chunk": 4096, "inv_threads": args.threads, "mmap": 0, **(cfg or {})}
+    env = dict(os.environ)
+    if cfg["mmap"]:
+        # A fixed threshold stops glibc from raising it after big frees (its default), so
+        # blocks above it are unmapped on free and RSS tracks live tensors, not heap holes.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(cfg["mmap"])
     with tempfile.TemporaryDirectory() as tmp:
         res = Path(tmp) / "result.json"
         cmd = [
@@ -278,7 +290,7 @@ def run_worker(
         busy0, ch0 = cpu_busy_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env)
         wall = time.perf_counter() - t0
         busy1, ch1 = cpu_busy_jiffies(), resource.getrusage(resource.RUSAGE_CHILDREN)
         out = json.loads(res.read_text())
@@ -288,6 +300,7 @@ def run_worker(
     # CPU the rest of the machine used meanwhile, in cores: >0.5 means it was shared.
     out["other_cpu_cores"] = max(0.0, (busy1 - busy0) / hz - own) / wall
     out["loadavg1_before"] = load0
+    out["mmap"] = cfg["mmap"]
     return out
 
 
@@ -303,12 +316,22 @@ def best(rs: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
     """Totals for m = ``--num-grads``, peak memory against Woodbury's, and the speed ratios."""
     big_m, runs = args.num_grads, res["runs"]
-    w = best(runs["woodbury"])
-    w_total = w["setup_s"] + w["per_grad_s"] * big_m
-    w_peak = w["peak_delta_bytes"]
+    wood = {}
+    for mm, rs in runs["woodbury"].items():
+        w = best(rs)
+        wood[mm] = {
+            "mmap": int(mm),
+            "per_grad_s": w["per_grad_s"],
+            "setup_s": w["setup_s"],
+            "total_projected_s": w["setup_s"] + w["per_grad_s"] * big_m,
+            "peak_delta_bytes": w["peak_delta_bytes"],
+        }
     rows = []
     for cfg in res["configs"]:
         key = config_key(cfg)
+        # Compared with Woodbury under the same allocator setting, for memory and for time.
+        w = wood[str(cfg["mmap"])]
+        w_total, w_peak = w["total_projected_s"], w["peak_delta_bytes"]
         ref, full = best(runs["ours_ref"][key]), runs["ours_full"][key]
         # The inversion does not depend on m, so the m=ref projection reuses the full run's.
         proj = ref["setup_s"] + ref["per_grad_s"] * big_m + full["inv_s"]
@@ -324,6 +347,7 @@ def summarize(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
             "total_measured_s": meas,
             "total_projected_s": proj,
             "peak_delta_bytes": peak,
+            "peak_loop_delta_bytes": full["peak_loop_delta_bytes"],
             "peak_vs_woodbury": peak / w_peak,
             "equal_memory": peak <= (1 + EQUAL_MEMORY_TOL) * w_peak,
             "ratio_measured": w_total / meas,
@@ -340,10 +364,7 @@ def summarize(args: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
 
     fastest = max(rows, key=lambda r: r["ratio_measured"])
     return {
-        "woodbury_total_projected_s": w_total,
-        "woodbury_per_grad_s": w["per_grad_s"],
-        "woodbury_setup_s": w["setup_s"],
-        "woodbury_peak_delta_bytes": w_peak,
+        "woodbury": wood,
         "rows": rows,
         "equal_memory_default": choose(False),
         "equal_memory_any": choose(True),
@@ -384,8 +405,10 @@ def goal_lines(
                 "Woodbury's, so **not met** at equal memory."]  # fmt: skip
     return [
         f"- {title}: **chunk = {ch['chunk']}, inv_chunk = {ch['inv_chunk']}, inversion threads "
-        f"= {ch['inv_threads']}**; peak {fmt_mb(ch['peak_delta_bytes'])} MB vs Woodbury "
-        f"{fmt_mb(s['woodbury_peak_delta_bytes'])} MB ({ch['peak_vs_woodbury']:.2f}×); "
+        f"= {ch['inv_threads']}, allocator {allocator(ch['mmap'])}**; peak "
+        f"{fmt_mb(ch['peak_delta_bytes'])} MB vs Woodbury "
+        f"{fmt_mb(s['woodbury'][str(ch['mmap'])]['peak_delta_bytes'])} MB "
+        f"({ch['peak_vs_woodbury']:.2f}×); "
         f"speed-up for m = {big_m}: **{ch['ratio_measured']:.1f}×** measured / "
         f"{ch['ratio_projected']:.1f}× extrapolated (per gradient {ch['ratio_per_grad']:.1f}×) "
         f"→ ≥ 3× goal **{'met' if met else 'not met'}**.",
@@ -395,9 +418,9 @@ def goal_lines(
 def write_markdown(path: Path, res: dict[str, Any]) -> None:
     a, s, mi, chk = res["args"], res["summary"], res["machine"], res["check"]
     big_m, ref_m = a["num_grads"], a["ref_grads"]
-    w = best(res["runs"]["woodbury"])
+    wruns = [r for rs in res["runs"]["woodbury"].values() for r in rs]
     all_runs = (
-        res["runs"]["woodbury"]
+        wruns
         + [r for rs in res["runs"]["ours_ref"].values() for r in rs]
         + list(res["runs"]["ours_full"].values())
         + [chk]
@@ -406,6 +429,7 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     shared = max(others) > 0.5
     nb = num_blocks(a["d"], a["block_size"])
     acc_mb = fmt_mb(fisher_memory_bytes(a["d"], a["block_size"]))
+    gen_ms = sum(r["gen_per_grad_s"] for r in wruns) / len(wruns) * 1e3
     L: list[str] = ["# Empirical Fisher inverse: chunked GᵀG + Cholesky vs. rank-1 Woodbury", ""]
     L += [f"Generated {res['date']} ({res['elapsed_min']:.1f} min) by:", ""]
     L += ["```", res["command"], "```", ""]
@@ -415,7 +439,7 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"- torch {mi['torch']}, Python {mi['python']}; every worker calls "
         f"`torch.set_num_threads({a['threads']})`",
         f"- Other processes' CPU use while each worker ran: {min(others):.2f}–{max(others):.2f} "
-        f"cores of {mi['nproc']} (from `/proc/stat`, per run in `fisher.json`). "
+        f"cores of {mi['nproc']} (from `/proc/stat`; per run in `fisher.json`). "
         + ("**The machine was shared**, so absolute times are noisy and slower than on an idle "
            "machine; both methods ran in the same session, the short runs interleaved."
            if shared else "The machine was otherwise idle."),
@@ -427,77 +451,86 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"tensor (`fisher_memory_bytes`) = {acc_mb} MB.",
         f"- λ = {a['damp']:g}; gradient entries N(0, {a['scale']:g}²), regenerated from their "
         "index by a seeded `torch.Generator`, one at a time (never all m held). Generation is "
-        f"**excluded** from both methods' times (it took {w['gen_per_grad_s'] * 1e3:.1f} "
-        "ms/gradient on its own). Both methods' timed step includes `to_blocks` (flatten + pad).",
+        f"**excluded** from both methods' times (it took {gen_ms:.1f} ms/gradient on its own). "
+        "Both methods' timed step includes `to_blocks` (flatten + pad).",
         "- Reference (`woodbury_update` in this file): fp32, batched over all blocks, one rank-1 "
         "update per gradient: `bmm` for gᵀF⁻¹ (the row form; F⁻¹ stays exactly symmetric), "
         "`bmm` for gᵀF⁻¹g, then one in-place broadcast `addcmul_` for the downdate.",
         "- Ours: `EmpiricalFisher(d, B, λ, chunk)`, `add_grad` per gradient, then "
-        "`fisher_inv(inv_chunk=…)` (float64 Cholesky, in place). Rows marked *tuned* call "
-        "`fisher_inv` under a different `torch.set_num_threads` and/or `inv_chunk`: settings a "
-        "caller can choose today, no change to `src/`.",
+        "`fisher_inv(inv_chunk=…)` (float64 Cholesky, in place). Rows marked *tuned* use "
+        "settings a caller can choose today without touching `src/`: `fisher_inv` called under "
+        "`torch.set_num_threads(1)` and/or with a smaller `inv_chunk`, and/or the process started "
+        "with a fixed glibc `MALLOC_MMAP_THRESHOLD_` (Woodbury is then measured under the same "
+        "setting and each row is compared with the Woodbury run of its own allocator setting).",
         "- Each measurement is a fresh subprocess. Peak memory = `ru_maxrss` at the end minus "
         "the RSS just before the first allocation; it includes the few gradient-sized "
-        f"({4 * a['d'] / MB:.0f} MB) temporaries both methods share.",
-        f"- Runs on {ref_m} gradients: best of {a['repeats']} interleaved repeats (these runs "
-        f"skip the inversion; the extrapolation reuses the inversion time of the m = {big_m} "
-        "run, which does not depend on m).",
+        f"({4 * a['d'] / MB:.0f} MB) temporaries both methods share. “Accumulation peak” is the "
+        "same measure read before `fisher_inv`.",
+        f"- Runs on {ref_m} gradients: best of {a['repeats']} interleaved repeats (ours' runs "
+        f"on {ref_m} skip the inversion; their extrapolation reuses the inversion time of the "
+        f"m = {big_m} run, which does not depend on m).",
         "",
     ]  # fmt: skip
     L += [f"## Results for m = {big_m}", ""]
     L += [
-        f"| method | chunk | inv_chunk | inversion threads | per-gradient (ms), m={ref_m} | "
-        f"per-gradient (ms), m={big_m} | setup (s) | inversion (s) | total (s), measured "
-        f"at m={big_m} | total (s), extrapolated from m={ref_m} | peak RSS Δ (MB) | "
-        "peak vs Woodbury | speed-up vs Woodbury: measured / extrapolated |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| Woodbury rank-1 (reference) | – | – | – | {w['per_grad_s'] * 1e3:.1f} | – | "
-        f"{w['setup_s']:.2f} | – | – | {s['woodbury_total_projected_s']:.1f} | "
-        f"{fmt_mb(w['peak_delta_bytes'])} | 1.00 | 1 |",
+        "| method | chunk | inv_chunk | inversion threads | allocator | per-gradient (ms), "
+        f"m={ref_m} | per-gradient (ms), m={big_m} | setup (s) | inversion (s) | total (s), "
+        f"measured at m={big_m} | total (s), extrapolated from m={ref_m} | accumulation peak "
+        "(MB) | peak RSS Δ (MB) | peak vs Woodbury | speed-up vs Woodbury: measured / "
+        "extrapolated |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
+    for mm, w in s["woodbury"].items():
+        L.append(
+            f"| Woodbury rank-1 (reference) | – | – | – | {allocator(int(mm))} | "
+            f"{w['per_grad_s'] * 1e3:.1f} | – | {w['setup_s']:.2f} | – | – | "
+            f"{w['total_projected_s']:.1f} | {fmt_mb(w['peak_delta_bytes'])} | "
+            f"{fmt_mb(w['peak_delta_bytes'])} | 1.00 | 1 |"
+        )
     for r in s["rows"]:
         mark = " ✓" if r["equal_memory"] else ""
         L.append(
             f"| ours{' (tuned)' if r['tuned'] else ''} | {r['chunk']} | {r['inv_chunk']} | "
-            f"{r['inv_threads']} | {r['per_grad_s_ref'] * 1e3:.1f} | "
+            f"{r['inv_threads']} | {allocator(r['mmap'])} | {r['per_grad_s_ref'] * 1e3:.1f} | "
             f"{r['per_grad_s_full'] * 1e3:.1f} | {r['setup_s']:.2f} | {r['inv_s']:.1f} | "
             f"{r['total_measured_s']:.1f} | {r['total_projected_s']:.1f} | "
-            f"{fmt_mb(r['peak_delta_bytes'])} | {r['peak_vs_woodbury']:.2f}{mark} | "
+            f"{fmt_mb(r['peak_loop_delta_bytes'])} | {fmt_mb(r['peak_delta_bytes'])} | "
+            f"{r['peak_vs_woodbury']:.2f}{mark} | "
             f"{r['ratio_measured']:.1f}× / {r['ratio_projected']:.1f}× |"
         )
     L += [
         "",
-        f"✓ = equal memory: peak at most {EQUAL_MEMORY_TOL:.0%} above Woodbury's. Woodbury's "
-        f"total is extrapolated: setup + {big_m} × its per-gradient time on {ref_m} gradients. "
-        f"Ours “measured” is its actual run on all {big_m} gradients (setup + add_grad loop + "
-        f"inversion); “extrapolated” projects ours' {ref_m}-gradient run the same way as "
-        "Woodbury's, plus the inversion.",
+        f"✓ = equal memory: peak at most {EQUAL_MEMORY_TOL:.0%} above Woodbury's (same "
+        f"allocator setting). Woodbury's total is extrapolated: setup + {big_m} × its "
+        f"per-gradient time on {ref_m} gradients. Ours “measured” is its actual run on all "
+        f"{big_m} gradients (setup + add_grad loop + inversion); “extrapolated” projects ours' "
+        f"{ref_m}-gradient run the same way as Woodbury's, plus the inversion.",
         "",
     ]  # fmt: skip
     L += ["## Goal: ≥ 3× faster at equal memory, same result to 1e-4 relative", ""]
     L += goal_lines("`src` defaults (`fisher_inv()` as is)", s["equal_memory_default"], s,
                     s["goal_met_default"], big_m)  # fmt: skip
-    L += goal_lines("Any configuration incl. tuned", s["equal_memory_any"], s,
+    L += goal_lines("Best configuration incl. tuned", s["equal_memory_any"], s,
                     s["goal_met_any"], big_m)  # fmt: skip
     f = s["fastest"]
     L += [
-        f"- Fastest regardless of memory: chunk = {f['chunk']}, inv_chunk = {f['inv_chunk']}, "
-        f"{f['inv_threads']} inversion thread(s): {f['ratio_measured']:.1f}× at "
+        f"- Fastest regardless of memory: {f['key']}: {f['ratio_measured']:.1f}× at "
         f"{f['peak_vs_woodbury']:.2f}× Woodbury's peak.",
     ]  # fmt: skip
     ow, ods, wds = chk["ours_vs_woodbury"], chk["ours_vs_dense64"], chk["woodbury_vs_dense64"]
     ok = max(ow["max_rel"], ow["fro_rel"]) <= 1e-4
     L += [
         f"- Accuracy on the same {chk['m']} gradients, all {nb:,} blocks (ours with chunk = "
-        f"{chk['chunk']}, inv_chunk = {chk['inv_chunk']}, {chk['inv_threads']} inversion thread(s)): ours vs Woodbury max|A−B|/max|B| = {ow['max_rel']:.2e}, "
+        f"{chk['chunk']}, inv_chunk = {chk['inv_chunk']}, {chk['inv_threads']} inversion "
+        f"thread(s)): ours vs Woodbury max|A−B|/max|B| = {ow['max_rel']:.2e}, "
         f"‖A−B‖_F/‖B‖_F = {ow['fro_rel']:.2e} → "
         + ("**within 1e-4**." if ok else "**over 1e-4**."),
         f"- Against float64 `torch.linalg.inv(λI + GᵀG/m)` on {chk['dense_blocks']} sampled "
         "blocks (incl. the zero-padded last one; condition numbers median "
         f"{chk['cond_median']:.3g}, max {chk['cond_max']:.3g}): ours max-rel "
         f"{ods['max_rel']:.2e}, Frobenius {ods['fro_rel']:.2e}; Woodbury (fp32) max-rel "
-        f"{wds['max_rel']:.2e}, Frobenius {wds['fro_rel']:.2e}. So at this gradient scale and λ "
-        "the fp32 reference itself is accurate and the comparison is meaningful.",
+        f"{wds['max_rel']:.2e}, Frobenius {wds['fro_rel']:.2e}. At this gradient scale and λ "
+        "the fp32 reference is itself accurate, so the comparison is meaningful.",
     ]  # fmt: skip
     for key, r in res["runs"]["ours_full"].items():
         if "vs_dense64" in r:
@@ -507,8 +540,27 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
                 f"(condition median {v['cond_median']:.3g}): max-rel {v['max_rel']:.2e}, "
                 f"Frobenius {v['fro_rel']:.2e}."
             )
-    L += ["", "## What was extrapolated, and caveats", ""]
+    inv2 = [r["inv_s"] for r in s["rows"] if r["inv_threads"] > 1]
+    inv1 = [r["inv_s"] for r in s["rows"] if r["inv_threads"] == 1]
+    L += ["", "## Observations", ""]
+    if inv2 and inv1:
+        slow = max(inv2) > 2 * max(inv1)
+        L.append(
+            f"- `fisher_inv` with {a['threads']} threads took {min(inv2):.1f}–{max(inv2):.1f} s "
+            f"across the runs; with 1 thread {min(inv1):.1f}–{max(inv1):.1f} s. "
+            + ("Batched small-matrix LAPACK calls degrade badly under thread oversubscription "
+               "when another process holds a core." if slow
+               else "No material difference between the thread counts in this run.")
+        )  # fmt: skip
     L += [
+        "- The accumulation peak is set by the accumulator plus the `chunk` buffer "
+        f"(4·chunk·d = {4 * a['d'] / MB:.1f} MB per unit of chunk); `fisher_inv` adds its float64 "
+        "temporaries (∝ inv_chunk) on top, and the buffer is still resident then. With the glibc "
+        "default allocator, freed mid-size temporaries can stay in RSS; compare the allocator "
+        "rows.",
+        "",
+        "## What was extrapolated, and caveats",
+        "",
         f"- Woodbury ran on {ref_m} gradients only (each update sweeps the whole {acc_mb} MB "
         f"F⁻¹ twice); its m = {big_m} total is setup + m × per-gradient time. Every update does "
         "identical work, so the per-gradient cost does not depend on i; noise from other "
@@ -516,8 +568,9 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         f"- Ours ran at the full m = {big_m} (“measured”) and on the same {ref_m} gradients "
         "(“extrapolated”); compare the two per-gradient columns to judge the extrapolation.",
         "- Woodbury's peak memory does not grow with m (F⁻¹ plus one gradient's temporaries), "
-        "so its m-gradient peak stands for m = " + f"{big_m}.",
-        "- Times are wall-clock on a small VM; see `fisher.json` for every raw number.",
+        f"so its {ref_m}-gradient peak stands for m = {big_m}.",
+        "- The timed runs were single (m = " + f"{big_m}) or best of {a['repeats']} (m = "
+        f"{ref_m}) on a small VM; see `fisher.json` for every raw number.",
         "",
     ]  # fmt: skip
     path.write_text("\n".join(L))
@@ -529,14 +582,21 @@ def orchestrate(args: argparse.Namespace) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "fisher_quick" if args.quick else "fisher"
     configs = [
-        {"chunk": c, "inv_chunk": args.inv_chunk, "inv_threads": args.threads, "tuned": False}
+        {"chunk": c, "inv_chunk": args.inv_chunk, "inv_threads": args.threads, "mmap": 0,
+         "tuned": False}
         for c in args.chunk
-    ]
+    ]  # fmt: skip
     for spec in args.tuned:
-        c, ic, th = (int(x) for x in spec.split(":"))
-        configs.append({"chunk": c, "inv_chunk": ic, "inv_threads": th, "tuned": True})
-    runs: dict[str, Any] = {"woodbury": [], "ours_ref": {config_key(c): [] for c in configs}}
-    n_total = args.repeats * (1 + len(configs)) + len(configs) + 1
+        c, ic, th, mm = ([int(x) for x in spec.split(":")] + [0])[:4]
+        configs.append({"chunk": c, "inv_chunk": ic, "inv_threads": th, "mmap": mm,
+                        "tuned": True})  # fmt: skip
+    mmaps = sorted({c["mmap"] for c in configs})
+    runs: dict[str, Any] = {
+        "woodbury": {str(mm): [] for mm in mmaps},
+        "ours_ref": {config_key(c): [] for c in configs},
+        "ours_full": {},
+    }
+    n_total = args.repeats * (len(mmaps) + len(configs)) + len(configs) + 1
     k = 0
 
     def step(desc: str) -> None:
@@ -546,22 +606,22 @@ def orchestrate(args: argparse.Namespace) -> None:
 
     # Interleave the short runs, so that a burst of outside load hits both methods alike.
     for rep in range(args.repeats):
-        step(f"Woodbury, m={args.ref_grads} (repeat {rep + 1})")
-        runs["woodbury"].append(run_worker(args, "woodbury", args.ref_grads))
+        for mm in mmaps:
+            step(f"Woodbury, {allocator(mm)}, m={args.ref_grads} (repeat {rep + 1})")
+            r = run_worker(args, "woodbury", args.ref_grads, {"mmap": mm})
+            runs["woodbury"][str(mm)].append(r)
         for cfg in configs:
             step(f"ours {config_key(cfg)}, m={args.ref_grads} (repeat {rep + 1})")
             r = run_worker(args, "ours", args.ref_grads, cfg, no_inv=True)
             runs["ours_ref"][config_key(cfg)].append(r)
-    runs["ours_full"] = {}
     for j, cfg in enumerate(configs):
         step(f"ours {config_key(cfg)}, m={args.num_grads}")
         runs["ours_full"][config_key(cfg)] = run_worker(
             args, "ours", args.num_grads, cfg, verify=j == 0
         )
     step(f"accuracy: both methods on the same {args.ref_grads} gradients")
-    # src defaults, but the inversion on 1 thread: same result, and not stalled by oversubscription.
-    chk_cfg = {"chunk": 16, "inv_chunk": 4096, "inv_threads": 1}
-    check = run_worker(args, "check", args.ref_grads, chk_cfg)
+    # src defaults, but the inversion on 1 thread: same result, not stalled by oversubscription.
+    check = run_worker(args, "check", args.ref_grads, {"chunk": 16, "inv_threads": 1})
 
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -588,8 +648,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, nargs="+", default=[4, 8, 16, 32])
     p.add_argument("--inv-chunk", type=int, default=4096, help="fisher_inv(inv_chunk=)")
     p.add_argument(
-        "--tuned", nargs="*", default=["4:512:1", "16:4096:1"], metavar="CHUNK:INV_CHUNK:INV_THREADS",
-        help="extra ours configurations: fisher_inv(inv_chunk) under set_num_threads(threads)",
+        "--tuned", nargs="*", default=["16:4096:1", "4:512:1", "4:512:1:1048576"],
+        metavar="CHUNK:INV_CHUNK:INV_THREADS[:MMAP_THRESHOLD]",
+        help="extra ours configurations: fisher_inv(inv_chunk=) under set_num_threads(threads),"
+        " optionally with MALLOC_MMAP_THRESHOLD_ fixed (Woodbury is then also run with it)",
     )  # fmt: skip
     p.add_argument("--damp", type=float, default=1e-7, help="λ")
     p.add_argument("--scale", type=float, default=1e-3, help="std of the random gradients")

@@ -41,6 +41,27 @@ def test_targets_are_the_six_encoder_linears_per_layer():
         find_targets(nn.Sequential(nn.Linear(4, 4)))
 
 
+def test_targets_by_role_in_other_architectures():
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    small = dict(vocab_size=100, max_position_embeddings=40)
+    distil = DistilBertForSequenceClassification(
+        DistilBertConfig(dim=16, hidden_dim=32, n_layers=2, n_heads=2, **small))
+    t = find_targets(distil)
+    assert len(t) == 12 and {role_of(n) for n in t} >= {"query", "intermediate", "output"}
+    assert not any(n.startswith(("pre_classifier", "classifier")) for n in t)
+    roberta = RobertaForSequenceClassification(
+        RobertaConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, **small))
+    t = find_targets(roberta)
+    assert len(t) == 12 and not any("classifier" in n for n in t)
+
+
 def random_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return {"a": torch.randn(13, 20), "b": torch.randn(7, 36), "c": torch.randn(5, 8)}

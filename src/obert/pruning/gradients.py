@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from itertools import cycle
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -44,4 +43,3 @@ def collect_grads(
             p.requires_grad_(flag)
             p.grad = None
         model.train(was_training)
-        torch.set_grad_enabled(True)

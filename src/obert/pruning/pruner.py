@@ -60,11 +60,12 @@ class Pruner:
         """Prune to ``sparsity`` (of all target groups, or of each tensor) and return the masks."""
         scores = self.scores()
         prune = select_prune(scores, sparsity, scope)
-        self.update(prune)
-        for name, w in self.weights.items():
-            keep = group_mask(self.masks[name], self.k) & ~prune[name]
-            self.masks[name] = weight_mask(keep, w.shape, self.k)
-            w.mul_(self.masks[name])  # pruned weights are exactly 0
+        with torch.no_grad():
+            self.update(prune)
+            for name, w in self.weights.items():
+                keep = group_mask(self.masks[name], self.k) & ~prune[name]
+                self.masks[name] = weight_mask(keep, w.shape, self.k)
+                w.mul_(self.masks[name])  # pruned weights are exactly 0
         return self.masks
 
     def update(self, prune: dict[str, Tensor]) -> None:
@@ -176,8 +177,7 @@ class OBSPruner(Pruner):
             p = torch.zeros(nq, dtype=torch.bool, device=w.device)
             p[: prune[name].numel()] = prune[name]
             delta = obs_update(wb, finv, p.view(wb.shape[0], -1), self.k)
-            with torch.no_grad():
-                w.add_(fisher_mod.from_blocks(delta, w.shape).to(w.dtype))
+            w.add_(fisher_mod.from_blocks(delta, w.shape).to(w.dtype))
         self._finv = {}  # F⁻¹ belongs to the weights it was estimated at
 
 

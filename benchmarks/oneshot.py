@@ -35,7 +35,7 @@ from obert.training.finetune import FinetuneConfig, finetune
 
 HERE = Path(__file__).resolve().parent
 # Per task: train rows used (None = all), held-out rows, fine-tuning epochs.
-SETUP = {"sst2": (8000, 500, 1.0), "mrpc": (None, 400, 3.0), "rte": (None, 250, 3.0)}
+SETUP = {"sst2": (8000, 500, 1.0), "mrpc": (None, 400, 2.0), "rte": (None, 250, 2.0)}
 
 
 def log(msg: str) -> None:
@@ -221,16 +221,21 @@ def main() -> None:
     ap.add_argument("--r8-grads", type=int, default=32, help="gradients per r=8 recomputation; 0 skips")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--merge", nargs="*", default=[], help="other oneshot.json files to include")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny data, to check the script runs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "oneshot.json"
     all_results = json.loads(store.read_text()) if store.is_file() else {}
+    for extra in args.merge:  # results of tasks run in parallel processes
+        all_results.update(json.loads(Path(extra).read_text()))
     if not args.report_only:
         for name in args.tasks:
             all_results[name] = run_task(name, args)
             store.write_text(json.dumps(all_results, indent=1))  # keep finished tasks
+    if args.merge:
+        store.write_text(json.dumps(all_results, indent=1))
     report({k: all_results[k] for k in SETUP if k in all_results}, args.out, sys.argv[1:])
 
 

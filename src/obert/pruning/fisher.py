@@ -97,11 +97,11 @@ class EmpiricalFisher:
         self._n_buf = 0
 
     def fisher_inv(
-        self, damp: float | None = None, keep: bool = False, inv_chunk: int = 512
+        self, damp: float | None = None, keep: bool = False, inv_chunk: int = 128
     ) -> Tensor:
         """Return F⁻¹ per block, [⌈d/B⌉, B, B] in the accumulator's dtype, F = λI + GᵀG/m.
 
-        Inverts in float64 a few hundred blocks at a time. By default it works in place of the
+        Inverts in float64 128 blocks at a time (the temporaries stay small). By default it works in place of the
         accumulator, so the peak stays near the accumulator's own size, and the object takes no
         more gradients after. ``keep=True`` writes to a new tensor and keeps the accumulator, so
         one gradient pass can serve several ``damp`` values (λ tuning).
@@ -119,7 +119,9 @@ class EmpiricalFisher:
             self.ggt = torch.empty(0)
 
         def invert(s: int) -> None:
-            out[s : s + inv_chunk] = damped_inverse(ggt[s : s + inv_chunk].double() / m, damp)
+            out[s : s + inv_chunk] = damped_inverse(
+                ggt[s : s + inv_chunk].to(torch.float64, copy=True).div_(m), damp
+            )
 
         starts = range(0, ggt.shape[0], inv_chunk)
         if ggt.device.type != "cpu":
@@ -148,9 +150,11 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:
-    """(λI + A)⁻¹ for a batch of symmetric PSD blocks A, by Cholesky (LU where that fails)."""
-    eye = torch.eye(ggt_over_m.shape[-1], dtype=ggt_over_m.dtype, device=ggt_over_m.device)
-    f = ggt_over_m + damp * eye
+    """(λI + A)⁻¹ for a batch of symmetric PSD blocks A, by Cholesky (LU where that fails).
+
+    ``ggt_over_m`` is overwritten with λI + A (callers pass a temporary)."""
+    f = ggt_over_m
+    f.diagonal(dim1=-2, dim2=-1).add_(damp)
     with _one_cpu_thread(f.device):
         chol, info = torch.linalg.cholesky_ex(f)
         inv = torch.cholesky_inverse(chol)

@@ -150,7 +150,9 @@ def run_task(name: str, args) -> dict:
     return {"task": name, "metric": task.main_metric, "dense_dev": dense_dev, **info,
             "grid": grid, "chosen": {"m": best["m"], "damp": best["damp"]},
             "tune_s": tune_s, "results": results, "r8_grads": args.r8_grads,
-            "total_s": time.time() - t_start}
+            "total_s": time.time() - t_start,
+            "command": "python benchmarks/oneshot.py " + " ".join(sys.argv[1:]),
+            "threads": torch.get_num_threads()}
 
 
 def report(all_results: dict, out: Path, argv: list[str]) -> None:
@@ -162,9 +164,11 @@ def report(all_results: dict, out: Path, argv: list[str]) -> None:
     tasks = list(all_results)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     lines = ["# One-shot pruning of MiniLM-L6 (all-MiniLM-L6-v2) on GLUE dev", "",
-             f"Command: `python benchmarks/{Path(__file__).name} {' '.join(argv)}`  ",
+             f"Report written by `python benchmarks/{Path(__file__).name} {' '.join(argv)}`; "
+             "each task's own command is below.  ",
              f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads.", "",
+             f"torch {torch.__version__}. Wall times are on a shared machine (other jobs ran "
+             "beside these), so they are upper bounds.", "",
              "Protocol: fine-tune MiniLM-L6 on train minus a held-out slice (seed 0), prune the "
              "fine-tuned model one-shot (no retraining) over the 6 encoder Linear weights per layer, "
              "global sparsity, and score the full dev set. oBERT: B = 50, gradient batch 16, "
@@ -181,6 +185,8 @@ def report(all_results: dict, out: Path, argv: list[str]) -> None:
                   f"Chosen on held-out: m = {r['chosen']['m']}, λ = {r['chosen']['damp']:g} "
                   f"(grid {r['tune_s']:.0f} s). r = 8 uses {r['r8_grads']} gradients per "
                   f"recomputation. Task total {r['total_s'] / 60:.1f} min.", "",
+                  f"Command: `{r.get('command', 'not recorded')}` "
+                  f"({r.get('threads', '?')} torch threads)", "",
                   "| sparsity | " + " | ".join(methods) + " | oBERT r=1 − magnitude |",
                   "|---|" + "---|" * (len(methods) + 1)]
         for s in sps:

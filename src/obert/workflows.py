@@ -76,13 +76,9 @@ def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: s
     summary = finetune(model, tokenizer, encode(train, tokenizer, task, cfg.max_seq_length), cfg, quiet)
     summary["wall_s"] = time.time() - t0
     metrics = _maybe_evaluate(model, tokenizer, data, cfg.max_seq_length, quiet)
-    info = {**sparsity_report(model, _targets_or_none(model)), "method": "dense-finetune", "obert_version": __version__,
-            "source_model": model_name, "data": data.describe(), "settings": cfg.to_dict(),
-            "train": summary}
-    with atomic_output(output, overwrite) as tmp:
-        save_model(model, tokenizer, tmp, info)
-        if metrics:
-            (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    info = {**sparsity_report(model, _targets_or_none(model)), "method": "dense-finetune",
+            "settings": cfg.to_dict(), "train": summary}
+    _write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
     return metrics
 
 
@@ -110,14 +106,21 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: OneShotConfig, output: str
     report = sparsity_report(model, prepared[0])
     log(f"global sparsity {report['global_sparsity']:.4f} over {report['num_weights']:,} weights "
         f"in {wall:.1f}s")
-    info = {**report, "method": cfg.method, "obert_version": __version__, "source_model": model_name,
-            "data": data.describe(), "settings": {**cfg.to_dict(), "max_seq_length": max_seq_length},
-            "wall_s": wall}
+    info = {**report, "method": cfg.method,
+            "settings": {**cfg.to_dict(), "max_seq_length": max_seq_length}, "wall_s": wall}
+    _write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
+    return metrics
+
+
+def _write_output(output: str, overwrite: bool, model, tokenizer, model_name: str,
+                  data: DataArgs, info: dict, metrics: dict) -> None:
+    """The model folder with sparsity.json (provenance added) and eval_results.json, atomically."""
+    info = {**info, "obert_version": __version__, "source_model": model_name,
+            "data": data.describe()}
     with atomic_output(output, overwrite) as tmp:
         save_model(model, tokenizer, tmp, info)
         if metrics:
             (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
 
 
 def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_length: int = 128,

@@ -33,11 +33,14 @@ def default_model() -> str:
 
 def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: int,
              epochs: float, num_grads: int, output: str, quiet: bool = False) -> list[dict]:
+    Path(output).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after
+    label = model_name or "MiniLM-L6 (all-MiniLM-L6-v2)"
     model_name = model_name or default_model()
     data = DataArgs("sst2", data_dir, max_train_samples=max_train_samples, seed=42)
     task = data.spec
     train, dev = data.load("train"), data.load("dev")
-    log(f"demo: {Path(model_name).name} on SST-2, training on a {len(train):,}-row subset of "
+    t_demo = time.time()
+    log(f"demo: {label} on SST-2, training on a {len(train):,}-row subset of "
         f"train ({epochs:g} epoch), scoring the full dev set ({len(dev):,} rows)")
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
@@ -62,7 +65,8 @@ def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: in
         save_model(model, tokenizer, tmp / "dense")
         (tmp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows, num_grads))
-    print(f"\nfine-tuned model and results.json in {output}/")
+    print(f"\nfine-tuned model and results.json in {output}/ "
+          f"({(time.time() - t_demo) / 60:.1f} min in all)")
     return rows
 
 

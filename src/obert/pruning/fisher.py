@@ -77,7 +77,6 @@ class EmpiricalFisher:
         self._buf = torch.zeros(nb, block_size, chunk, device=device, dtype=dtype)
         self._n_buf = 0
         self.num_grads = 0
-        self.threads = max(1, torch.get_num_threads())
 
     def add_grad(self, grad: Tensor) -> None:
         """Add one gradient g (any shape with d elements)."""
@@ -130,7 +129,8 @@ class EmpiricalFisher:
             return out
         # Batched small LAPACK calls do not use torch's intra-op threads well (see
         # ``_one_cpu_thread``), so run one single-threaded chunk per core instead.
-        with _one_cpu_thread(ggt.device), ThreadPoolExecutor(self.threads) as pool:
+        workers = torch.get_num_threads()  # read now: the caller may have changed it
+        with _one_cpu_thread(ggt.device), ThreadPoolExecutor(workers) as pool:
             list(pool.map(invert, starts))
         return out
 

@@ -61,6 +61,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--evaluate", action="store_true", help="also score the dev split")
 
+    p = sub.add_parser("prune", help="gradual pruning with distillation, by a recipe")
+    p.add_argument("--recipe", required=True, help="recipe YAML file or bundled name "
+                   "(e.g. obert-glue-90; see 'obert recipe --list')")
+    _data_args(p)
+    _output_args(p)
+    p.add_argument("--teacher", help="fine-tuned teacher for KD (default: the recipe's, else "
+                   "--model when it is already fine-tuned on the task)")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--logging-steps", type=int, help="log and evaluate every N optimizer steps")
+    p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep OUTPUT.checkpoints/ after a successful run")
+
+    p = sub.add_parser("recipe", help="print a gradual-pruning recipe scaled to a target sparsity")
+    p.add_argument("--target-sparsity", type=float, help="e.g. 0.9")
+    p.add_argument("--epochs", type=float, help="training epochs in all")
+    p.add_argument("--method", default="obert", help="obert or magnitude (GMP*)")
+    p.add_argument("--mask", default="unstructured", help="unstructured or block4")
+    p.add_argument("--list", action="store_true", help="list the bundled recipes")
+
     p = sub.add_parser("evaluate", help="score a model on a task split")
     _data_args(p)
     p.add_argument("--split", default="dev", help="dev (MNLI: dev or dev_mm), train, test")
@@ -86,6 +111,8 @@ def _data(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "recipe":
+        return _recipe(args)
     if getattr(args, "task", None) is not None:
         from obert.data.tasks import get_task
 
@@ -111,6 +138,22 @@ def run(args: argparse.Namespace) -> int:
         )
         wf.run_oneshot(args.model, _data(args), cfg, args.output, args.max_seq_length,
                        args.evaluate, args.overwrite, args.quiet)
+    elif args.command == "prune":
+        from obert.training.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if args.max_seq_length != 128:
+            recipe.max_seq_length = args.max_seq_length
+        for name in ("logging_steps", "save_steps", "gradient_accumulation_steps"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise ObertError(f"--{name.replace('_', '-')} {v} must be at least 1")
+        run = wf.PruneRunArgs(
+            teacher=args.teacher, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+            logging_steps=args.logging_steps, save_steps=args.save_steps,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, bf16=args.bf16,
+            fp16=args.fp16, keep_checkpoints=args.keep_checkpoints)
+        wf.run_prune(args.model, _data(args), recipe, args.output, run)
     elif args.command == "evaluate":
         result = wf.run_evaluate(args.model, _data(args), args.split, args.max_seq_length,
                                  args.batch_size, args.quiet)
@@ -126,6 +169,23 @@ def run(args: argparse.Namespace) -> int:
 
         run_demo(args.model, args.data_dir, args.max_train_samples, args.epochs, args.num_grads,
                  args.output, args.quiet)
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from obert.training.recipe import bundled_recipes, scaled_recipe
+
+    if args.list:
+        for name, path in sorted(bundled_recipes().items()):
+            first = path.read_text().splitlines()[0].lstrip("# ")
+            print(f"{name:28s} {first}")
+        return 0
+    if args.target_sparsity is None or args.epochs is None:
+        raise ObertError("obert recipe needs --target-sparsity and --epochs (or --list)")
+    recipe = scaled_recipe(args.target_sparsity, args.epochs, args.method, args.mask)
+    print(f"# obert recipe --target-sparsity {args.target_sparsity:g} --epochs {args.epochs:g} "
+          f"--method {args.method} --mask {args.mask}")
+    print(recipe.to_yaml(), end="")
     return 0
 
 

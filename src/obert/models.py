@@ -17,10 +17,12 @@ def _quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def load_classifier(name_or_path: str, task: TaskSpec):
+def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     """An ``AutoModelForSequenceClassification`` with the task's label count and names.
 
-    Only safetensors weights are accepted: a pickled checkpoint is never unpickled.
+    Only safetensors weights are accepted: a pickled checkpoint is never unpickled. With
+    ``with_info`` it returns ``(model, finetuned)``: whether every weight, the task head
+    included, came from the checkpoint (the model is already fine-tuned for this task).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -39,12 +41,15 @@ def load_classifier(name_or_path: str, task: TaskSpec):
         if task.is_regression:
             kwargs["problem_type"] = "regression"
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, use_safetensors=True, **kwargs
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, use_safetensors=True, output_loading_info=True, **kwargs
         )
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
     model.config.finetuning_task = task.name
+    if with_info:
+        fresh = info.get("missing_keys") or info.get("mismatched_keys")
+        return model, not fresh
     return model
 
 

@@ -158,3 +158,201 @@ def _maybe_evaluate(model, tokenizer, data: DataArgs, max_seq_length: int, quiet
     log("dev " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in metrics.items()))
     return {"task": task.name, "split": "dev", **metrics}
+
+
+@dataclass
+class PruneRunArgs:
+    """How to run a recipe (what the recipe itself does not say)."""
+
+    teacher: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    logging_steps: int | None = None  # default: about 8 per epoch
+    save_steps: int | None = None  # default: about 2 per epoch
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    fp16: bool = False
+    keep_checkpoints: bool = False
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    """Where an unfinished ``obert prune`` keeps its checkpoints (beside the output)."""
+    out = Path(output)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def run_prune(model_name: str, data: DataArgs, recipe, output: str,
+              run: PruneRunArgs | None = None) -> dict:
+    """Gradual pruning (or dense KD training) by ``recipe``; writes the model folder with
+    metrics.jsonl and plots/. ``run.resume`` continues from the last checkpoint."""
+    import math
+    import shutil
+
+    from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
+
+    from obert.data.metrics import compute_metrics
+    from obert.training.gradual import (
+        DistillTrainer,
+        MaskedPruning,
+        MetricsLog,
+        latest_checkpoint,
+        read_metrics,
+    )
+    from obert.training.plots import plot_run
+    from obert.training.schedule import plan_steps
+
+    run = run or PruneRunArgs()
+    task = data.spec
+    work = checkpoint_dir(output)
+    resume_from = None
+    if run.resume:
+        resume_from = latest_checkpoint(work)
+        if resume_from is None:
+            raise ObertError(f"--resume: no checkpoint in {work} to resume from; run without --resume")
+        check_output(output, True)
+    else:
+        check_output(output, run.overwrite)
+        if work.exists():
+            if not run.overwrite:
+                raise ObertError(f"an interrupted run's checkpoints are in {work}: pass --resume "
+                                 "to continue it, or --overwrite to start over")
+            shutil.rmtree(work)
+    pcfg = recipe.pruning
+    dcfg = recipe.distillation
+
+    tokenizer = load_tokenizer(model_name)
+    model, finetuned = load_classifier(model_name, task, with_info=True)
+    teacher_name = run.teacher or dcfg.teacher or (model_name if finetuned else None)
+    if dcfg.hardness > 0 and teacher_name is None:
+        raise ObertError(
+            f"the recipe distills (distillation.hardness {dcfg.hardness:g}) but {model_name} is not "
+            f"fine-tuned on {task.name}: pass --teacher with a fine-tuned model, or set "
+            "distillation.hardness: 0")
+    teacher = load_classifier(teacher_name, task) if dcfg.hardness > 0 else None
+    targets = find_targets(model, recipe.targets.include, recipe.targets.exclude)
+    if pcfg is not None:
+        for name, mod in targets.items():
+            if mod.in_features % pcfg.k:
+                raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of "
+                                 f"{pcfg.k}: use mask unstructured or exclude it in targets")
+
+    train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length)
+    try:
+        dev = encode(data.load("dev"), tokenizer, task, recipe.max_seq_length)
+    except ObertError as e:
+        log(f"no evaluation during training: {e}")
+        dev = None
+
+    args_probe = TrainingArguments(output_dir=str(work), report_to=[], use_cpu=not _cuda())
+    world = args_probe.world_size
+    batches_per_epoch = math.ceil(math.ceil(len(train) / world) / recipe.batch_size)
+    ga = run.gradient_accumulation_steps
+    spe = max(1, batches_per_epoch // ga + int(batches_per_epoch % ga > 0))
+    targets_sched = pcfg.targets() if pcfg is not None else []
+    plan = plan_steps(spe, recipe.epochs, targets_sched, recipe.lr.schedule == "cyclic_linear")
+    logging_steps = run.logging_steps or max(1, spe // 8)
+    save_steps = run.save_steps or max(1, spe // 2)
+    if pcfg is not None:
+        from obert.pruning.fisher import fisher_memory_bytes
+        from obert.pruning.oneshot import human_bytes
+
+        if pcfg.method == "obert":
+            need = fisher_memory_bytes([m.weight.numel() for m in targets.values()],
+                                       pcfg.fisher.block_size)
+            log(f"Fisher inverse: {human_bytes(need)} at each pruning step "
+                f"(B={pcfg.fisher.block_size}, {sum(m.weight.numel() for m in targets.values()):,} weights)")
+        log(f"{task.name}: {len(train):,} training rows, {spe} optimizer steps per epoch, "
+            f"{plan.total_steps} in all; pruning at steps "
+            + ", ".join(f"{s} ({v:.1%})" for s, v in sorted(plan.prune_at.items())))
+
+    def grad_batches(step: int):
+        return batches(train, tokenizer, pcfg.fisher.grad_batch_size, data.seed + step)
+
+    masked = MaskedPruning(targets, pcfg, plan, grad_batches, run.quiet, log)
+    work.mkdir(parents=True, exist_ok=True)
+    metrics_log = MetricsLog(work / "metrics.jsonl", masked.sparsity)
+    if resume_from is not None:
+        masked.load(resume_from)
+        metrics_log.truncate(int(resume_from.name.split("-")[-1]))
+        log(f"resuming from {resume_from} (sparsity {masked.sparsity():.4f})")
+    else:
+        metrics_log.path.write_text("")
+
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=plan.total_steps,
+        learning_rate=recipe.lr.max,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=run.eval_batch_size,
+        gradient_accumulation_steps=ga,
+        weight_decay=recipe.weight_decay,
+        seed=data.seed,
+        data_seed=data.seed,
+        logging_steps=logging_steps,
+        eval_strategy="steps" if dev is not None else "no",
+        eval_steps=logging_steps if dev is not None else None,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=run.quiet,
+        log_level="error" if run.quiet else "warning",
+        use_cpu=not _cuda(),
+        bf16=run.bf16,
+        fp16=run.fp16,
+    )
+    trainer = DistillTrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=dev,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids),
+        callbacks=[masked, metrics_log], teacher=teacher, distill=dcfg, plan=plan,
+        lr_min=recipe.lr.min,
+        warmup_steps=int(round(recipe.lr.warmup_epochs * spe)),
+    )
+    if run.quiet:
+        trainer.remove_callback(PrinterCallback)
+    masked.attach()
+    t0 = time.time()
+    try:
+        if resume_from is None:
+            masked.apply_masks()
+            if pcfg is not None and 0 in plan.prune_at:
+                masked.prune(0, model)
+        out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        masked.detach()
+    wall = time.time() - t0
+    model = trainer.model
+
+    final = _maybe_evaluate(model, tokenizer, data, recipe.max_seq_length, run.quiet)
+    report = sparsity_report(model, targets)
+    records = read_metrics(metrics_log.path)
+    info = {**report, "method": f"gradual-{pcfg.method}" if pcfg else "dense-distill",
+            "settings": {"recipe": recipe.to_dict(), "teacher": teacher_name,
+                         "steps_per_epoch": spe, "total_steps": plan.total_steps,
+                         "prune_at": {str(k): v for k, v in sorted(plan.prune_at.items())},
+                         "gradient_accumulation_steps": ga, "world_size": world},
+            "pruning_steps": masked.history,
+            "train": {"train_loss": out.training_loss, "steps": out.global_step, "wall_s": wall,
+                      "resumed_from": str(resume_from) if resume_from else None}}
+    info = {**info, "obert_version": __version__, "source_model": model_name,
+            "data": data.describe()}
+    with atomic_output(output, overwrite=True) as tmp:
+        save_model(model, tokenizer, tmp, info)
+        if final:
+            (tmp / "eval_results.json").write_text(json.dumps(final, indent=2) + "\n")
+        shutil.copy(metrics_log.path, tmp / "metrics.jsonl")
+        plot_run(records, report, sorted(plan.prune_at), task.main_metric, tmp / "plots")
+    if not run.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {output}: sparsity {report['global_sparsity']:.4f}, {plan.total_steps} steps "
+        f"in {wall:.0f}s")
+    return {**final, "sparsity": report["global_sparsity"], "wall_s": wall}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,310 @@
+"""Recipes: the YAML schema of a gradual-pruning run, mirrored by dataclasses.
+
+A recipe is checked when it is loaded: an unknown key, a wrong type or a value out of range is
+one line that names the key. ``scaled_recipe`` writes a recipe for any target sparsity and
+epoch budget by the rule documented in the README (and in its docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from obert.errors import ObertError
+from obert.training.schedule import sparsity_targets
+
+MASK_GROUP = {"unstructured": 1, "block4": 4}
+
+
+class RecipeError(ObertError):
+    pass
+
+
+@dataclass
+class LRConfig:
+    """``linear``: max → min over the run. ``cyclic_linear``: the same, restarted (rewound to
+    max) at every pruning step, each cycle decaying to min by the next step or the end."""
+
+    schedule: str = "cyclic_linear"
+    max: float = 8e-5
+    min: float = 8e-6
+    warmup_epochs: float = 0.0
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.schedule", self.schedule, ("linear", "cyclic_linear"))
+        _need(self.max > 0, f"{key}.max", f"= {self.max} must be positive")
+        _need(0 <= self.min <= self.max, f"{key}.min", f"= {self.min} must be in [0, max]")
+        _need(self.warmup_epochs >= 0, f"{key}.warmup_epochs", "must be ≥ 0")
+
+
+@dataclass
+class FisherConfig:
+    """The empirical Fisher of each oBERT step (PAPER.md §2)."""
+
+    num_grads: int = 1024
+    block_size: int = 50
+    damp: float = 1e-7
+    grad_batch_size: int = 16
+
+    def check(self, key: str, k: int) -> None:
+        _need(self.num_grads >= 1, f"{key}.num_grads", "must be ≥ 1")
+        _need(self.block_size >= 1 and self.block_size % k == 0, f"{key}.block_size",
+              f"= {self.block_size} must be a positive multiple of the mask's group size {k}")
+        _need(self.damp > 0, f"{key}.damp", "must be positive (the paper uses 1e-7)")
+        _need(self.grad_batch_size >= 1, f"{key}.grad_batch_size", "must be ≥ 1")
+
+
+@dataclass
+class PruningConfig:
+    """Steps at start_epoch, start_epoch + update_frequency, …, end_epoch. The first jumps to
+    init_sparsity, later ones follow the interpolation to final_sparsity (reached exactly)."""
+
+    method: str = "obert"
+    init_sparsity: float = 0.7
+    final_sparsity: float = 0.9
+    start_epoch: float = 2.0
+    end_epoch: float = 26.0
+    update_frequency: float = 4.0
+    interpolation: str = "cubic"
+    scope: str = "global"
+    mask: str = "unstructured"
+    recomputations: int = 1
+    fisher: FisherConfig = field(default_factory=FisherConfig)
+
+    @property
+    def k(self) -> int:
+        return MASK_GROUP[self.mask]
+
+    def check(self, key: str) -> None:
+        _one_of(f"{key}.method", self.method, ("obert", "magnitude"))
+        _one_of(f"{key}.interpolation", self.interpolation, ("cubic", "linear"))
+        _one_of(f"{key}.scope", self.scope, ("global", "layer"))
+        _one_of(f"{key}.mask", self.mask, tuple(MASK_GROUP))
+        _need(0 <= self.final_sparsity < 1, f"{key}.final_sparsity",
+              f"= {self.final_sparsity} is outside [0, 1)")
+        _need(0 <= self.init_sparsity <= self.final_sparsity, f"{key}.init_sparsity",
+              f"= {self.init_sparsity} must be in [0, final_sparsity]")
+        _need(self.start_epoch >= 0, f"{key}.start_epoch", "must be ≥ 0")
+        _need(self.end_epoch >= self.start_epoch, f"{key}.end_epoch",
+              f"= {self.end_epoch} is before start_epoch {self.start_epoch}")
+        _need(self.update_frequency > 0, f"{key}.update_frequency", "must be positive")
+        _need(self.recomputations >= 1, f"{key}.recomputations", "must be ≥ 1")
+        self.fisher.check(f"{key}.fisher", self.k)
+
+    def targets(self) -> list[tuple[float, float]]:
+        """(epoch, sparsity) of each pruning step."""
+        return sparsity_targets(self.start_epoch, self.end_epoch, self.update_frequency,
+                                self.init_sparsity, self.final_sparsity, self.interpolation)
+
+
+@dataclass
+class DistillConfig:
+    """loss = hardness·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − hardness)·task loss."""
+
+    teacher: str | None = None
+    hardness: float = 1.0
+    temperature: float = 2.0
+
+    def check(self, key: str) -> None:
+        _need(0 <= self.hardness <= 1, f"{key}.hardness", f"= {self.hardness} is outside [0, 1]")
+        _need(self.temperature > 0, f"{key}.temperature", "must be positive")
+
+
+@dataclass
+class TargetsConfig:
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+    def check(self, key: str) -> None:
+        import re
+
+        for name in ("include", "exclude"):
+            for p in getattr(self, name):
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise RecipeError(f"recipe key {key}.{name}: bad regex {p!r} ({e})") from None
+
+
+@dataclass
+class Recipe:
+    """A gradual-pruning run. ``pruning: null`` trains dense (with KD if a teacher is given)."""
+
+    epochs: float = 30.0
+    batch_size: int = 32
+    max_seq_length: int = 128
+    weight_decay: float = 0.0
+    lr: LRConfig = field(default_factory=LRConfig)
+    pruning: PruningConfig | None = field(default_factory=PruningConfig)
+    distillation: DistillConfig = field(default_factory=DistillConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+
+    def check(self) -> Recipe:
+        _need(self.epochs > 0, "epochs", f"= {self.epochs} must be positive")
+        _need(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        _need(self.max_seq_length >= 8, "max_seq_length", "must be ≥ 8")
+        _need(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
+        self.lr.check("lr")
+        _need(self.lr.warmup_epochs <= self.epochs, "lr.warmup_epochs", "is past epochs")
+        if self.pruning is not None:
+            self.pruning.check("pruning")
+            _need(self.pruning.end_epoch <= self.epochs, "pruning.end_epoch",
+                  f"= {self.pruning.end_epoch} is past epochs = {self.epochs}")
+        self.distillation.check("distillation")
+        self.targets.check("targets")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+# --- loading and checking -------------------------------------------------------------------
+
+
+def _need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise RecipeError(f"recipe key {key} {msg}")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _need(value in allowed, key, f"= {value!r} is not one of {', '.join(allowed)}")
+
+
+def _convert(value, tp, key: str):
+    """``value`` as type ``tp`` (bool, int, float, str, list[str], a config class, X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _convert(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"recipe key {key} must be a mapping, not {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RecipeError(f"recipe key {key} must be a list of strings")
+        return list(value)
+    if tp is float:
+        # YAML 1.1 reads 8e-5 (no dot) as a string: accept any number-like value.
+        if isinstance(value, bool):
+            raise RecipeError(f"recipe key {key} must be a number, not {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"recipe key {key} must be a number, not {value!r}") from None
+        if not math.isfinite(out):
+            raise RecipeError(f"recipe key {key} must be finite, not {value!r}")
+        return out
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"recipe key {key} must be an integer, not {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"recipe key {key} must be a string, not {value!r}")
+        return value
+    raise TypeError(tp)  # pragma: no cover - schema types are the ones above
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise RecipeError(f"recipe key {prefix}{key} is unknown (known: {', '.join(names)})")
+    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a YAML mapping of keys (epochs, lr, pruning, ...)")
+    return _build(Recipe, data).check()
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Name -> file of the recipes shipped with obert (``obert prune --recipe NAME``)."""
+    folder = resources.files("obert") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe from a YAML file, or a bundled recipe by name (e.g. ``obert-glue-90``)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        bundled = bundled_recipes()
+        if str(name_or_path) not in bundled:
+            raise RecipeError(
+                f"recipe {name_or_path} is neither a file nor a bundled recipe "
+                f"({', '.join(sorted(bundled))})"
+            )
+        path = bundled[str(name_or_path)]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RecipeError(f"recipe {path} is not valid YAML: {first}") from None
+    return recipe_from_dict(data if data is not None else {})
+
+
+# --- the sparsity-scaled rule ---------------------------------------------------------------
+
+
+def scaled_recipe(
+    target: float, epochs: float, method: str = "obert", mask: str = "unstructured",
+    first_step: float = 0.7,
+) -> Recipe:
+    """A recipe for ``target`` sparsity in ``epochs`` epochs, scaled with the target.
+
+    The rule (2312.13547's guideline 2, made concrete; the paper gives no formula):
+
+    - warm-up: dense fine-tuning for epochs/15 (the paper's 2 of 30);
+    - first step: s₀ = min(first_step, target), the large one-shot jump;
+    - h = log₂((1 − s₀)/(1 − target)), the halvings of density still to go after it;
+    - steps: n = 1 + ⌈ln((1 − s₀)/(1 − target)) / ln 1.25⌉, so the later steps keep on
+      average at least 80% of the remaining weights each (80% → 3, 90% → 6, 97% → 12);
+    - recovery after the last step: epochs·min(0.4, 0.1 + 0.1·h);
+    - steps evenly spaced from the warm-up to the recovery, cubic, one LR cycle per step
+      (rewound to the max, decayed to max/10); a single step (target ≤ s₀) comes right
+      before the recovery.
+
+    Steps, recovery and LR cycles all grow with the target; the last step is exactly target.
+    """
+    if not 0 < target < 1:
+        raise RecipeError(f"--target-sparsity {target} is outside (0, 1): use e.g. 0.9")
+    if not epochs > 0:
+        raise RecipeError(f"--epochs {epochs} must be positive")
+    _one_of("pruning.method", method, ("obert", "magnitude"))
+    _one_of("pruning.mask", mask, tuple(MASK_GROUP))
+    s0 = min(first_step, target)
+    ratio = (1 - s0) / (1 - target)
+    h = math.log2(ratio)
+    n = 1 + math.ceil(math.log(ratio) / math.log(1.25) - 1e-9)
+    warmup = epochs / 15
+    recovery = epochs * min(0.4, 0.1 + 0.1 * h)
+    end = epochs - recovery
+    # One step (target ≤ s₀) sits at the start of the recovery: dense until then.
+    start = warmup if n > 1 else end
+    freq = (end - start) / (n - 1) if n > 1 else 1.0
+    fisher = FisherConfig(block_size=50 if mask == "unstructured" else 32)
+    return Recipe(
+        epochs=epochs,
+        lr=LRConfig("cyclic_linear", 8e-5, 8e-6),
+        pruning=PruningConfig(
+            method=method, init_sparsity=s0, final_sparsity=target, start_epoch=_r(start),
+            end_epoch=_r(end), update_frequency=_r(freq), mask=mask, fisher=fisher,
+        ),
+    ).check()
+
+
+def _r(x: float) -> float:
+    return round(x, 6)

@@ -1,0 +1,161 @@
+"""Recipes and schedules: hand-computed values, the scaled rule's properties, validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from obert.cli import main
+from obert.training.recipe import (
+    RecipeError,
+    bundled_recipes,
+    load_recipe,
+    recipe_from_dict,
+    scaled_recipe,
+)
+from obert.training.schedule import (
+    cubic_sparsity,
+    lr_at,
+    plan_steps,
+    pruning_epochs,
+    sparsity_targets,
+)
+
+
+def test_paper_schedule_by_hand():
+    assert pruning_epochs(2, 26, 4) == [2, 6, 10, 14, 18, 22, 26]
+    targets = sparsity_targets(2, 26, 4, 0.7, 0.9, "cubic")
+    # s_t = s_f + (s_0 - s_f)(1 - t)^3, t = (epoch - 2) / 24
+    assert targets[0] == (2, 0.7)  # the large first step
+    assert targets[1][1] == pytest.approx(0.9 - 0.2 * (5 / 6) ** 3)  # 0.784259...
+    assert targets[3][1] == pytest.approx(0.9 - 0.2 * 0.5**3)  # 0.875 at epoch 14
+    assert targets[-1] == (26, 0.9)  # exactly the target
+    assert cubic_sparsity(1.0, 0.7, 0.97) == 0.97
+    assert pruning_epochs(0, 5, 2) == [0, 2, 4, 5]  # the end is always a step
+    assert pruning_epochs(3, 3, 1) == [3]
+
+
+def test_rewinds_by_hand():
+    starts, total = [0, 2, 6], 10
+    lr = [lr_at(s, starts, total, 1.0, 0.1) for s in range(total)]
+    assert lr[0] == 1.0 and lr[1] == pytest.approx(0.55)
+    assert lr[2] == 1.0  # rewound at the pruning step
+    assert lr[4] == pytest.approx(0.55)
+    assert lr[6] == 1.0 and lr[8] == pytest.approx(0.55) and lr[9] == pytest.approx(0.325)
+    # warm-up ramps to the max, then the first cycle decays from the end of the warm-up
+    warm = [lr_at(s, [0], 10, 1.0, 0.0, warmup_steps=2) for s in range(10)]
+    assert warm[:3] == [0.5, 1.0, 1.0] and warm[6] == pytest.approx(0.5)
+    # plain linear: one cycle
+    assert lr_at(5, [0], 10, 1.0, 0.0) == pytest.approx(0.5)
+
+
+def test_plan_in_optimizer_steps():
+    plan = plan_steps(10, 30, sparsity_targets(2, 26, 4, 0.7, 0.9), cyclic=True)
+    assert plan.total_steps == 300
+    assert sorted(plan.prune_at) == [20, 60, 100, 140, 180, 220, 260]
+    assert plan.cycle_starts == [0, 20, 60, 100, 140, 180, 220, 260]
+    assert plan.final_sparsity == 0.9
+    # fractional epochs round to the nearest optimizer step
+    plan = plan_steps(3, 2.5, sparsity_targets(0.5, 2, 0.5, 0.5, 0.8), cyclic=False)
+    assert plan.total_steps == 8 and sorted(plan.prune_at) == [2, 3, 4, 6]
+    assert plan.cycle_starts == [0]
+
+
+def test_bundled_recipes_match_the_paper():
+    names = set(bundled_recipes())
+    for t in ("80", "90", "97"):
+        for task in ("glue", "squad"):
+            assert {f"obert-{task}-{t}", f"gmp-{task}-{t}"} <= names
+    assert {"obert-glue-block4-80", "obert-glue-block4-90", "obert-glue-init30-80"} <= names
+    for name in names:
+        r = load_recipe(name)
+        twin = load_recipe(name.replace("obert-", "gmp-") if name.startswith("obert-")
+                           else name.replace("gmp-", "obert-"))
+        assert r.pruning.method != twin.pruning.method
+        r.pruning.method = twin.pruning.method
+        assert r == twin  # a GMP* twin differs only in the scorer
+    r = load_recipe("obert-glue-90")
+    assert [e for e, _ in r.pruning.targets()] == [2, 6, 10, 14, 18, 22, 26]
+    assert r.pruning.targets()[-1][1] == 0.9 and r.pruning.init_sparsity == 0.7
+    assert (r.lr.max, r.lr.min, r.distillation.hardness, r.distillation.temperature) == (
+        8e-5, 8e-6, 1.0, 2.0)
+    assert (r.pruning.fisher.num_grads, r.pruning.fisher.block_size, r.pruning.fisher.damp) == (
+        1024, 50, 1e-7)
+    assert load_recipe("obert-glue-block4-90").pruning.fisher.block_size == 32
+    assert load_recipe("obert-squad-90").max_seq_length == 384
+    assert load_recipe("obert-glue-init30-80").pruning.init_sparsity == 0.3
+
+
+@pytest.mark.parametrize("epochs", [3, 10, 30])
+def test_scaled_rule_properties(epochs):
+    grid = [round(0.05 * i, 2) for i in range(1, 20)] + [0.97, 0.98, 0.99]
+    prev = None
+    for s in grid:
+        r = scaled_recipe(s, epochs)
+        p = r.pruning
+        steps = p.targets()
+        assert steps[-1][1] == s and p.final_sparsity == s  # ends exactly at the target
+        assert p.init_sparsity <= s and steps[0][1] <= s  # first step at most the target
+        assert all(a[1] <= b[1] for a, b in zip(steps, steps[1:], strict=False))
+        assert p.end_epoch <= epochs
+        if len(steps) > 1:
+            assert steps[0][0] == pytest.approx(epochs / 15)
+        cur = (len(steps), epochs - p.end_epoch)
+        if prev is not None:  # more steps, more recovery (and so more LR cycles) as S grows
+            assert cur[0] >= prev[0] and cur[1] >= prev[1] - 1e-6, (s, cur, prev)
+        prev = cur
+    assert len(scaled_recipe(0.8, 30).pruning.targets()) == 3
+    assert len(scaled_recipe(0.9, 30).pruning.targets()) == 6
+    assert len(scaled_recipe(0.97, 30).pruning.targets()) == 12
+    assert scaled_recipe(0.9, 30, mask="block4").pruning.fisher.block_size == 32
+
+
+def test_recipe_command_prints_loadable_yaml(capsys, tmp_path):
+    assert main(["recipe", "--target-sparsity", "0.9", "--epochs", "12", "--method",
+                 "magnitude"]) == 0
+    text = capsys.readouterr().out
+    r = recipe_from_dict(yaml.safe_load(text))
+    assert r.pruning.method == "magnitude" and r.pruning.targets()[-1][1] == 0.9
+    assert main(["recipe", "--list"]) == 0
+    assert "obert-glue-90" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("patch, key", [
+    ({"pruning": {"final_sparsty": 0.9}}, "pruning.final_sparsty is unknown"),
+    ({"epochs": "ten"}, "epochs must be a number"),
+    ({"batch_size": 3.5}, "batch_size must be an integer"),
+    ({"pruning": {"final_sparsity": 1.2}}, "pruning.final_sparsity = 1.2 is outside"),
+    ({"pruning": {"method": "movement"}}, "pruning.method = 'movement' is not one of"),
+    ({"pruning": {"mask": "block4"}}, "pruning.fisher.block_size = 50 must be a positive multiple"),
+    ({"pruning": {"end_epoch": 40}}, "pruning.end_epoch = 40.0 is past epochs"),
+    ({"distillation": {"hardness": 2}}, "distillation.hardness = 2.0 is outside"),
+    ({"lr": "fast"}, "lr must be a mapping"),
+    ({"targets": {"include": "pooler"}}, "targets.include must be a list of strings"),
+])
+def test_validation_names_the_key(patch, key):
+    with pytest.raises(RecipeError, match="recipe key " + key.replace("(", r"\(")):
+        recipe_from_dict(patch)
+
+
+def test_yaml_number_without_dot_and_null_pruning():
+    r = recipe_from_dict(yaml.safe_load("lr: {max: 8e-5, min: 0}\npruning: null\n"))
+    assert r.lr.max == 8e-5 and r.pruning is None and math.isclose(r.lr.min, 0)
+
+
+def test_bad_recipe_file_is_one_line(tmp_path, capsys, tiny_model_dir):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("epochs: 2\npruning: {final_sparsity: 1.5}\n")
+    rc = main(["prune", "--recipe", str(bad), "--model", str(tiny_model_dir), "--task", "sst2",
+               "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "pruning.final_sparsity" in err
+    assert not (tmp_path / "out").exists()
+    bad.write_text("epochs: [1\n")
+    assert main(["prune", "--recipe", str(bad), "--model", "m", "--task", "sst2",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["prune", "--recipe", "no-such-recipe", "--model", "m", "--task", "sst2",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "neither a file nor a bundled recipe" in capsys.readouterr().err

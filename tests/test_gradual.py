@@ -140,6 +140,7 @@ def test_kill_and_resume_equals_unbroken(tmp_path, tiny_model_dir, glue_dir, mon
     assert not broken.exists() and (tmp_path / "broken.checkpoints" / "checkpoint-12").is_dir()
     monkeypatch.setattr(MaskedPruning, "on_save", original)
     assert _prune(recipe, tiny_model_dir, glue_dir, broken) == 2  # refuses to start over silently
+    assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--resume", "--seed", "7") == 2
     assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--resume") == 0
 
     a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")

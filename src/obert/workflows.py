@@ -272,6 +272,17 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
 
     masked = MaskedPruning(targets, pcfg, plan, grad_batches, run.quiet, log)
     work.mkdir(parents=True, exist_ok=True)
+    # A resumed run must be the same run: same recipe, model, data and teacher.
+    identity = {"recipe": recipe.to_dict(), "model": model_name, "teacher": teacher_name,
+                "data": data.describe(), "gradient_accumulation_steps": ga}
+    id_file = work / "run.json"
+    if resume_from is not None and id_file.is_file():
+        before = json.loads(id_file.read_text())
+        changed = sorted(k for k in identity if before.get(k) != json.loads(json.dumps(identity[k])))
+        if changed:
+            raise ObertError(f"--resume: {', '.join(changed)} differ from the interrupted run's "
+                             f"(see {id_file}); resume with the same arguments or use --overwrite")
+    id_file.write_text(json.dumps(identity, indent=2) + "\n")
     metrics_log = MetricsLog(work / "metrics.jsonl", masked.sparsity)
     if resume_from is not None:
         masked.load(resume_from)

@@ -61,8 +61,10 @@ class MaskedPruning(TrainerCallback):
 
     # -- masks ---------------------------------------------------------------------------
     def attach(self) -> None:
-        """Zero the gradient of pruned weights as it is computed."""
+        """Zero the gradient of pruned weights as it is computed. Call once the model sits on
+        its training device (the Trainer moves it), so the masks can follow it there."""
         self.detach()
+        self.masks = {n: m.to(self.weights[n].device) for n, m in self.masks.items()}
         for name, w in self.weights.items():
             self._hooks.append(w.register_hook(lambda g, n=name: g * self.masks[n]))
 
@@ -126,7 +128,8 @@ class MaskedPruning(TrainerCallback):
             self.prune(state.global_step, model, optimizer)
 
     def on_save(self, args, state, control, **kwargs):
-        self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero:
+            self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, folder: Path) -> None:

@@ -1,0 +1,129 @@
+"""SQuAD v1.1: the metric by hand, and pre/post-processing round trips on real dev data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from obert.data.qa import (
+    load_squad_json,
+    postprocess,
+    prepare_eval_features,
+    prepare_train_features,
+    split_articles,
+)
+from obert.data.qa_metrics import exact_match, f1, normalize_answer, squad_scores
+from obert.errors import ObertError
+
+
+def test_metric_by_hand():
+    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert normalize_answer("an apple a day") == "apple day"
+    assert normalize_answer("theater") == "theater"  # articles only as whole words
+    assert exact_match("the Eiffel Tower.", "Eiffel tower") == 1.0
+    assert exact_match("Eiffel", "Eiffel Tower") == 0.0
+    # pred "tower in paris" vs gold "eiffel tower": 1 shared; P = 1/3, R = 1/2, F1 = 0.4
+    assert f1("Tower in Paris", "the Eiffel Tower") == pytest.approx(0.4)
+    assert f1("x b b", "b b c") == pytest.approx(2 / 3)  # multiplicity: 2 shared of 3 and 3
+    assert f1("a b b", "b b c") == pytest.approx(0.8)  # "a" is dropped: P = 1, R = 2/3
+    assert f1("the", "a") == 0.0  # both normalize to nothing
+    golds = {"q1": ["Denver Broncos", "The Broncos"], "q2": ["1990s", "in the 1990s"],
+             "q3": ["Santa Clara, California"]}
+    preds = {"q1": "broncos", "q2": "the 1990s", "q3": "California"}
+    # q1: EM 1 (vs "The Broncos"); q2: EM 1; q3: EM 0, P = 1, R = 1/3, F1 = 1/2
+    s = squad_scores(preds, golds)
+    assert s["exact_match"] == pytest.approx(200 / 3)
+    assert s["f1"] == pytest.approx(100 * 2.5 / 3)
+    assert squad_scores({}, {"q": ["x"]}) == {"exact_match": 0.0, "f1": 0.0}
+
+
+@pytest.fixture(scope="module")
+def squad_dev(shared_data):
+    path = shared_data / "squad" / "dev-v1.1.json"
+    if not path.is_file():
+        pytest.skip("squad/dev-v1.1.json not found")
+    return load_squad_json(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def test_load_and_article_split(squad_dev, tmp_path):
+    assert len(squad_dev) == 10570 and len(set(squad_dev["title"])) == 48
+    train, held = split_articles(squad_dev, 8)
+    assert len(train) + len(held) == 10570
+    assert not set(train["title"]) & set(held["title"])
+    assert len(set(held["title"])) == 8
+    with pytest.raises(ObertError, match="between 1 and 47"):
+        split_articles(squad_dev, 48)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"version\": 1}")
+    with pytest.raises(ObertError, match="not a SQuAD-format JSON"):
+        load_squad_json(bad)
+
+
+@pytest.mark.parametrize("max_length, stride", [(384, 128), (96, 32)])
+def test_gold_positions_round_trip(squad_dev, tokenizer, max_length, stride):
+    ex = squad_dev.select(range(300))
+    kw = dict(max_length=max_length, doc_stride=stride)
+    train = prepare_train_features(ex[:], tokenizer, **kw)
+    feats = prepare_eval_features(ex[:], tokenizer, **kw)
+    n = len(feats["input_ids"])
+    assert len(train["input_ids"]) == n and n >= len(ex)
+    width = max(len(x) for x in feats["input_ids"])
+    start = np.full((n, width), -1e4)
+    end = np.full((n, width), -1e4)
+    for i, (s, e) in enumerate(zip(train["start_positions"], train["end_positions"], strict=True)):
+        if s != 0:
+            start[i, s], end[i, e] = 10.0, 10.0
+    import datasets
+
+    preds = postprocess(ex, datasets.Dataset.from_dict(dict(feats)), start, end)
+    # The span is read back from the context through the offsets. A gold answer that ends or
+    # starts inside a word piece ("8" of "18", "gold" of "golden") cannot be a token span;
+    # every other one must come back exactly.
+    aligned = {}
+    for r in ex:
+        a0 = r["answers"]["answer_start"][0]
+        a1 = a0 + len(r["answers"]["text"][0])
+        offs = tokenizer(r["context"], return_offsets_mapping=True,
+                         add_special_tokens=False)["offset_mapping"]
+        if a0 in {o[0] for o in offs} and a1 in {o[1] for o in offs}:
+            aligned[r["id"]] = [r["answers"]["text"][0]]
+    assert len(aligned) >= 0.95 * len(ex)
+    assert squad_scores(preds, aligned)["exact_match"] == 100.0
+    golds = {r["id"]: r["answers"]["text"] for r in ex}
+    assert squad_scores(preds, golds)["exact_match"] >= 96.0
+
+
+def test_windows_cover_every_answer_that_fits(squad_dev, tokenizer):
+    ex = squad_dev.select(range(0, 3000, 7))
+    max_length, stride = 128, 48
+    train = prepare_train_features(ex[:], tokenizer, max_length=max_length, doc_stride=stride)
+    enc = tokenizer(list(ex["question"]), list(ex["context"]), truncation="only_second",
+                    max_length=max_length, stride=stride, return_overflowing_tokens=True)
+    covered = {}
+    for i, m in enumerate(enc["overflow_to_sample_mapping"]):
+        covered[m] = covered.get(m, False) or train["start_positions"][i] != 0
+    checked = 0
+    for j, r in enumerate(ex):
+        q = len(tokenizer(r["question"], add_special_tokens=False)["input_ids"])
+        a = len(tokenizer(r["answers"]["text"][0], add_special_tokens=False)["input_ids"])
+        # room for context in one window, minus the stride's overlap slack
+        if a + 2 <= min(stride, max_length - q - 3):
+            checked += 1
+            assert covered[j], f"answer {r['answers']['text'][0]!r} of {r['id']} in no window"
+    assert checked > 300
+
+
+def test_long_question_is_cut(tokenizer):
+    ex = {"id": ["x"], "title": ["t"], "question": [" why " * 200],
+          "context": ["The answer is here."], "answers": [{"text": ["here"], "answer_start": [14]}]}
+    feats = prepare_train_features(ex, tokenizer, max_length=96, doc_stride=32)
+    assert len(feats["input_ids"]) == 1 and len(feats["input_ids"][0]) <= 96
+    s, e = feats["start_positions"][0], feats["end_positions"][0]
+    assert tokenizer.decode(feats["input_ids"][0][s:e + 1]) == "here"

@@ -127,3 +127,83 @@ def test_long_question_is_cut(tokenizer):
     assert len(feats["input_ids"]) == 1 and len(feats["input_ids"][0]) <= 96
     s, e = feats["start_positions"][0], feats["end_positions"][0]
     assert tokenizer.decode(feats["input_ids"][0][s:e + 1]) == "here"
+
+
+@pytest.fixture(scope="module")
+def tiny_qa_dir(tmp_path_factory, minilm_path):
+    """A random 2-layer BERT reader with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    out = tmp_path_factory.mktemp("tinyqa") / "tiny-qa"
+    BertForQuestionAnswering(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return out
+
+
+def _squad_args(shared_data):
+    return ["--task", "squad", "--data-dir", str(shared_data / "squad"), "--split-articles", "2",
+            "--max-seq-length", "192", "--doc-stride", "64", "--quiet"]
+
+
+def test_squad_cli_finetune_oneshot_evaluate_prune(tmp_path, tiny_qa_dir, shared_data, capsys):
+    import json
+
+    from transformers import AutoModelForQuestionAnswering
+
+    from obert.cli import main
+
+    args = _squad_args(shared_data)
+    ft = tmp_path / "ft"
+    assert main(["finetune", "--model", str(tiny_qa_dir), *args, "--max-train-samples", "64",
+                 "--epochs", "1", "--output", str(ft)]) == 0
+    res = json.loads((ft / "eval_results.json").read_text())
+    assert res["n"] == 378 and res["windows"] > res["n"] and 0 <= res["f1"] <= 100
+    info = json.loads((ft / "sparsity.json").read_text())
+    assert "last 2 articles" in info["data"]["split"]  # every output says which split
+
+    os_out = tmp_path / "os"
+    assert main(["oneshot", "--model", str(ft), *args, "--sparsity", "0.5", "--num-grads", "4",
+                 "--fisher-block-size", "16", "--output", str(os_out)]) == 0
+    info = json.loads((os_out / "sparsity.json").read_text())
+    assert info["global_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert info["settings"]["grad_batch_size"] == 8  # the paper's SQuAD default
+    model = AutoModelForQuestionAnswering.from_pretrained(os_out)  # loads without obert
+    assert model.qa_outputs.weight.shape[0] == 2
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(os_out), *args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "squad" and out["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert set(out) >= {"exact_match", "f1", "n"}
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 1\nbatch_size: 16\nlr: {max: 1e-3, min: 1e-4}\n"
+                      "pruning: {method: magnitude, init_sparsity: 0.5, final_sparsity: 0.7, "
+                      "start_epoch: 0.25, end_epoch: 0.75, update_frequency: 0.25}\n")
+    pr = tmp_path / "pr"
+    # the fine-tuned reader is its own teacher: KD on the start and end logits
+    assert main(["prune", "--recipe", str(recipe), "--model", str(ft), *args,
+                 "--max-train-samples", "64", "--logging-steps", "4", "--output", str(pr)]) == 0
+    info = json.loads((pr / "sparsity.json").read_text())
+    assert info["global_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert info["settings"]["teacher"] == str(ft)
+    recs = [json.loads(x) for x in (pr / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_f1" in r for r in recs) and (pr / "plots" / "eval.png").is_file()
+
+
+def test_squad_bad_input(tmp_path, tiny_qa_dir, shared_data, glue_dir, capsys):
+    from obert.cli import main
+
+    rc = main(["evaluate", "--model", str(tiny_qa_dir), "--task", "squad", "--data-dir",
+               str(tmp_path)])
+    assert rc == 2 and "dev-v1.1.json" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(tiny_qa_dir), "--task", "sst2", "--data-dir",
+               str(glue_dir), "--split-articles", "2"])
+    assert rc == 2 and "--task squad only" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(tiny_qa_dir), *_squad_args(shared_data)[:-5],
+               "--split-articles", "99"])
+    assert rc == 2 and "between 1 and 47" in capsys.readouterr().err

@@ -16,12 +16,19 @@ class _Parser(argparse.ArgumentParser):
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id or local model folder")
-    p.add_argument("--task", required=True, help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp")
+    p.add_argument("--task", required=True,
+                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp, squad")
     p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout); "
                    "default $OBERT_GLUE_DIR, else the hub's glue dataset")
-    p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/.parquet)")
+    p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/.parquet; "
+                   "SQuAD-format .json for squad)")
     p.add_argument("--validation-file", help="explicit dev file")
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int,
+                   help="default 128 (GLUE) or 384 (squad); prune: the recipe's")
+    p.add_argument("--doc-stride", type=int, default=128, help="squad: window overlap in tokens")
+    p.add_argument("--split-articles", type=int, metavar="N",
+                   help="squad miniature: train on the dev file minus its last N articles, "
+                   "evaluate on those N (e.g. 8)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fisher-block-size", type=int, default=50, help="B (paper: 50; 32 for block4)")
     p.add_argument("--num-grads", type=int, default=1024, help="m gradients for the Fisher")
     p.add_argument("--damp", type=float, default=1e-7, help="λ, the Fisher dampening")
-    p.add_argument("--grad-batch-size", type=int, default=16)
+    p.add_argument("--grad-batch-size", type=int, help="default 16 (GLUE) or 8 (squad)")
     p.add_argument("--recomputations", type=int, default=1, help="r Fisher re-estimates")
     p.add_argument("--scope", default="global", help="global or layer")
     p.add_argument("--max-fisher-memory", type=float, help="refuse a Fisher over this many GB")
@@ -106,8 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _data(args):
     from obert.workflows import DataArgs
 
+    if args.doc_stride < 1:
+        raise ObertError(f"--doc-stride {args.doc_stride} must be at least 1")
     return DataArgs(args.task, args.data_dir, args.train_file, args.validation_file,
-                    getattr(args, "max_train_samples", None), args.seed)
+                    getattr(args, "max_train_samples", None), args.seed, args.doc_stride,
+                    args.split_articles)
+
+
+def _seq_len(args) -> int:
+    from obert.data.tasks import get_task
+
+    n = args.max_seq_length or get_task(args.task).default_max_length
+    if n < 8:
+        raise ObertError(f"--max-seq-length {n} must be at least 8")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         from obert.training.finetune import FinetuneConfig
 
         cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             max_seq_length=args.max_seq_length, seed=args.seed)
+                             max_seq_length=_seq_len(args), seed=args.seed)
         wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet)
     elif args.command == "oneshot":
         from obert.pruning.oneshot import OneShotConfig
@@ -132,18 +151,19 @@ def run(args: argparse.Namespace) -> int:
         cfg = OneShotConfig(
             sparsity=args.sparsity, method=args.method, mask=args.mask,
             fisher_block_size=args.fisher_block_size, num_grads=args.num_grads, damp=args.damp,
-            grad_batch_size=args.grad_batch_size, recomputations=args.recomputations,
+            grad_batch_size=args.grad_batch_size or (8 if args.task.lower().startswith("squad")
+                                                     else 16), recomputations=args.recomputations,
             scope=args.scope, max_fisher_memory_gb=args.max_fisher_memory,
             include=args.include, exclude=args.exclude,
         )
-        wf.run_oneshot(args.model, _data(args), cfg, args.output, args.max_seq_length,
+        wf.run_oneshot(args.model, _data(args), cfg, args.output, _seq_len(args),
                        args.evaluate, args.overwrite, args.quiet)
     elif args.command == "prune":
         from obert.training.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
-        if args.max_seq_length != 128:
-            recipe.max_seq_length = args.max_seq_length
+        if args.max_seq_length is not None:
+            recipe.max_seq_length = _seq_len(args)
         for name in ("logging_steps", "save_steps", "gradient_accumulation_steps"):
             v = getattr(args, name)
             if v is not None and v < 1:
@@ -155,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             fp16=args.fp16, keep_checkpoints=args.keep_checkpoints)
         wf.run_prune(args.model, _data(args), recipe, args.output, run)
     elif args.command == "evaluate":
-        result = wf.run_evaluate(args.model, _data(args), args.split, args.max_seq_length,
+        result = wf.run_evaluate(args.model, _data(args), args.split, _seq_len(args),
                                  args.batch_size, args.quiet)
         if args.json:
             # NaN (e.g. a correlation of constant predictions) is not JSON: write null.

@@ -18,15 +18,29 @@ def _quiet_transformers() -> None:
 
 
 def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
-    """An ``AutoModelForSequenceClassification`` with the task's label count and names.
+    """An ``AutoModelForSequenceClassification`` with the task's label count and names (an
+    ``AutoModelForQuestionAnswering`` for a QA task).
 
     Only safetensors weights are accepted: a pickled checkpoint is never unpickled. With
     ``with_info`` it returns ``(model, finetuned)``: whether every weight, the task head
     included, came from the checkpoint (the model is already fine-tuned for this task).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
 
     _quiet_transformers()
+    if task.is_qa:
+        try:
+            model, info = AutoModelForQuestionAnswering.from_pretrained(
+                name_or_path, use_safetensors=True, output_loading_info=True)
+        except Exception as e:
+            raise ObertError(_load_error(name_or_path, e)) from None
+        model.config.finetuning_task = task.name
+        fresh = info.get("missing_keys") or info.get("mismatched_keys")
+        return (model, not fresh) if with_info else model
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except Exception as e:

@@ -20,7 +20,7 @@ from obert.io import atomic_output, check_output, save_model, sparsity_report
 from obert.models import load_classifier, load_tokenizer
 from obert.pruning.oneshot import OneShotConfig, fisher_memory_check, oneshot_prune, prepare
 from obert.pruning.targets import find_targets
-from obert.training.evaluate import evaluate
+from obert.training.evaluate import evaluate_split
 from obert.training.finetune import FinetuneConfig, finetune
 
 
@@ -38,22 +38,41 @@ class DataArgs:
     validation_file: str | None = None
     max_train_samples: int | None = None
     seed: int = 42
+    doc_stride: int = 128  # QA: overlap of the windows over a long context
+    split_articles: int | None = None  # QA: train on dev minus its last N articles, test on them
 
     @property
     def spec(self) -> TaskSpec:
         return get_task(self.task)
 
     def load(self, split: str) -> datasets.Dataset:
-        file = {"train": self.train_file, "dev": self.validation_file}.get(split)
-        ds = load_split(self.spec, split, self.data_dir, file)
+        if self.split_articles is not None:
+            from obert.data.qa import split_articles
+
+            if not self.spec.is_qa:
+                raise ObertError("--split-articles is for --task squad only")
+            if split not in ("train", "dev"):
+                raise ObertError(f"with --split-articles the splits are train and dev, not {split}")
+            whole = load_split(self.spec, "dev", self.data_dir, self.validation_file)
+            ds = split_articles(whole, self.split_articles)[0 if split == "train" else 1]
+        else:
+            file = {"train": self.train_file, "dev": self.validation_file}.get(split)
+            ds = load_split(self.spec, split, self.data_dir, file)
         if split == "train":
             ds = subsample(ds, self.max_train_samples, self.seed)
         return ds
 
     def describe(self) -> dict:
-        return {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
-                "validation_file": self.validation_file,
-                "max_train_samples": self.max_train_samples, "seed": self.seed}
+        out = {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
+               "validation_file": self.validation_file,
+               "max_train_samples": self.max_train_samples, "seed": self.seed}
+        if self.spec.is_qa:
+            out["doc_stride"] = self.doc_stride
+            out["split_articles"] = self.split_articles
+            if self.split_articles is not None:
+                out["split"] = (f"article split of the dev file: train = all but its last "
+                                f"{self.split_articles} articles, dev = those {self.split_articles}")
+        return out
 
 
 def set_quiet(quiet: bool) -> None:
@@ -73,7 +92,7 @@ def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: s
     model = load_classifier(model_name, task)
     log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training rows")
     t0 = time.time()
-    summary = finetune(model, tokenizer, encode(train, tokenizer, task, cfg.max_seq_length), cfg, quiet)
+    summary = finetune(model, tokenizer, encode(train, tokenizer, task, cfg.max_seq_length, data.doc_stride), cfg, quiet)
     summary["wall_s"] = time.time() - t0
     metrics = _maybe_evaluate(model, tokenizer, data, cfg.max_seq_length, quiet)
     info = {**sparsity_report(model, _targets_or_none(model)), "method": "dense-finetune",
@@ -97,7 +116,7 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: OneShotConfig, output: str
         # Only m·batch·r rows are ever drawn: tokenize a random subset of that size.
         need = cfg.num_grads * cfg.grad_batch_size * cfg.recomputations
         train = subsample(data.load("train"), need, data.seed)
-        train = encode(train, tokenizer, task, max_seq_length)
+        train = encode(train, tokenizer, task, max_seq_length, data.doc_stride)
         loader = batches(train, tokenizer, cfg.grad_batch_size, data.seed)
     t0 = time.time()
     oneshot_prune(model, cfg, loader, quiet=quiet, log=log, prepared=prepared)
@@ -127,12 +146,12 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
                  batch_size: int = 64, quiet: bool = False) -> dict:
     task = data.spec
     ds = data.load(split)
-    if len(ds) and ds[0]["label"] == -1:
+    if len(ds) and "label" in ds.column_names and ds[0]["label"] == -1:
         raise ObertError(f"the {split} split of {task.name} has no labels to score: use --split dev")
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
-    metrics = evaluate(model, encode(ds, tokenizer, task, max_seq_length), tokenizer, task,
-                       batch_size, quiet)
+    metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
+                             data.doc_stride)
     sp = Path(model_name) / "sparsity.json"
     sparsity = json.loads(sp.read_text())["global_sparsity"] if sp.is_file() else None
     return {"task": task.name, "split": split, **metrics, "sparsity": sparsity}
@@ -153,8 +172,8 @@ def _maybe_evaluate(model, tokenizer, data: DataArgs, max_seq_length: int, quiet
         log(f"no evaluation: {e}")
         return {}
     task = data.spec
-    metrics = evaluate(model, encode(dev, tokenizer, task, max_seq_length), tokenizer, task,
-                       quiet=quiet)
+    metrics = evaluate_split(model, dev, tokenizer, task, max_seq_length, quiet=quiet,
+                             doc_stride=data.doc_stride)
     log("dev " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                            for k, v in metrics.items()))
     return {"task": task.name, "split": "dev", **metrics}
@@ -238,12 +257,19 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
                 raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of "
                                  f"{pcfg.k}: use mask unstructured or exclude it in targets")
 
-    train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length)
+    train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length, data.doc_stride)
     try:
-        dev = encode(data.load("dev"), tokenizer, task, recipe.max_seq_length)
+        dev_raw = data.load("dev")
+        # QA is scored on whole questions after span search, outside Trainer's eval loop.
+        dev = dev_raw if task.is_qa else encode(dev_raw, tokenizer, task, recipe.max_seq_length)
     except ObertError as e:
         log(f"no evaluation during training: {e}")
-        dev = None
+        dev = dev_raw = None
+    eval_fn = None
+    if dev is not None and task.is_qa:
+        def eval_fn(m):
+            return evaluate_split(m, dev_raw, tokenizer, task, recipe.max_seq_length,
+                                  run.eval_batch_size, True, data.doc_stride)
 
     args_probe = TrainingArguments(output_dir=str(work), report_to=[], use_cpu=not _cuda())
     world = args_probe.world_size
@@ -263,7 +289,7 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
                                        pcfg.fisher.block_size)
             log(f"Fisher inverse: {human_bytes(need)} at each pruning step "
                 f"(B={pcfg.fisher.block_size}, {sum(m.weight.numel() for m in targets.values()):,} weights)")
-        log(f"{task.name}: {len(train):,} training rows, {spe} optimizer steps per epoch, "
+        log(f"{task.name}: {len(train):,} training {'windows' if task.is_qa else 'rows'}, {spe} optimizer steps per epoch, "
             f"{plan.total_steps} in all; pruning at steps "
             + ", ".join(f"{s} ({v:.1%})" for s, v in sorted(plan.prune_at.items())))
 
@@ -317,7 +343,9 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
     trainer = DistillTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=dev,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        compute_metrics=lambda p: compute_metrics(task, p.predictions, p.label_ids),
+        compute_metrics=None if task.is_qa else (
+            lambda p: compute_metrics(task, p.predictions, p.label_ids)),
+        eval_fn=eval_fn,
         callbacks=[masked, metrics_log], teacher=teacher, distill=dcfg, plan=plan,
         lr_min=recipe.lr.min,
         warmup_steps=int(round(recipe.lr.warmup_epochs * spe)),

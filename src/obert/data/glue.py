@@ -137,6 +137,10 @@ def load_split(
     data_file: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """Load one split: an explicit file, else a local folder, else the hub's ``glue`` dataset."""
+    if task.is_qa:
+        from obert.data.qa import load_squad_split
+
+        return load_squad_split(split, data_dir, data_file)
     if split not in task.hub_splits:
         raise ObertError(
             f"task {task.name} has no split {split!r}: choose one of {', '.join(task.splits)}"

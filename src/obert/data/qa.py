@@ -12,6 +12,7 @@ tokens, and returns the best span's text per question across all of its windows.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,6 +20,36 @@ import datasets
 import numpy as np
 
 from obert.errors import ObertError
+
+SQUAD_DIR_ENV = "OBERT_SQUAD_DIR"
+SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
+
+
+def load_squad_split(split: str, data_dir: str | os.PathLike | None = None,
+                     data_file: str | os.PathLike | None = None) -> datasets.Dataset:
+    """An explicit SQuAD JSON file, else ``train-v1.1.json``/``dev-v1.1.json`` in ``data_dir``
+    (or its ``squad/`` folder, or $OBERT_SQUAD_DIR), else the hub's ``rajpurkar/squad``."""
+    if split not in SQUAD_FILES:
+        raise ObertError(f"task squad has no split {split!r}: choose train or dev")
+    if data_file is not None:
+        if not Path(data_file).is_file():
+            raise ObertError(f"data file {data_file} does not exist")
+        return load_squad_json(data_file)
+    data_dir = data_dir or os.environ.get(SQUAD_DIR_ENV) or None
+    if data_dir is not None:
+        name = SQUAD_FILES[split]
+        for base in (Path(data_dir), Path(data_dir) / "squad"):
+            if (base / name).is_file():
+                return load_squad_json(base / name)
+        raise ObertError(f"no {split} data for squad under {data_dir}: expected {name} there or "
+                         f"in {Path(data_dir) / 'squad'} (or pass --train-file/--validation-file)")
+    try:
+        ds = datasets.load_dataset("rajpurkar/squad", split="train" if split == "train"
+                                   else "validation")
+    except Exception as e:  # network, hub, or cache problems all mean the same to a user
+        raise ObertError(f"could not load squad from the Hugging Face hub ({type(e).__name__}); "
+                         f"pass --data-dir with dev-v1.1.json or set {SQUAD_DIR_ENV}") from None
+    return ds.select_columns(["id", "title", "context", "question", "answers"])
 
 
 def load_squad_json(path: str | Path) -> datasets.Dataset:

@@ -31,6 +31,16 @@ class TaskSpec:
     tsv_no_header: tuple[str, ...] = ()
     # TSV label strings -> ids (empty: labels are numbers already)
     tsv_label_map: dict[str, int] = field(default_factory=dict)
+    # "classification" (GLUE, regression included) or "qa" (extractive, SQuAD)
+    kind: str = "classification"
+
+    @property
+    def is_qa(self) -> bool:
+        return self.kind == "qa"
+
+    @property
+    def default_max_length(self) -> int:
+        return 384 if self.is_qa else 128
 
     @property
     def is_regression(self) -> bool:
@@ -97,10 +107,15 @@ TASKS: dict[str, TaskSpec] = {
             ("not_duplicate", "duplicate"), "QQP", _STD_FILES, _STD_SPLITS,
             {"question1": "question1", "question2": "question2", "is_duplicate": "label"},
         ),
+        TaskSpec(
+            "squad", "squad", ("question", "context"), 0, ("exact_match", "f1"), "f1", (),
+            "squad", {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
+            {"train": "train", "dev": "validation"}, kind="qa",
+        ),
     ]
 }
 
-_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_matched": "mnli"}
+_ALIASES = {"squad1": "squad", "squad_v1": "squad", "sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_matched": "mnli"}
 
 
 def get_task(name: str) -> TaskSpec:

@@ -8,10 +8,18 @@ from obert.data.tasks import TaskSpec
 
 
 def encode(
-    ds: datasets.Dataset, tokenizer, task: TaskSpec, max_length: int = 128
+    ds: datasets.Dataset, tokenizer, task: TaskSpec, max_length: int = 128, doc_stride: int = 128
 ) -> datasets.Dataset:
     """Return input_ids/attention_mask(/token_type_ids) and ``labels``; padding is left to the
-    collator, so batches pad only to their longest row."""
+    collator, so batches pad only to their longest row. For QA, training windows with
+    ``start_positions``/``end_positions`` (see ``obert.data.qa``)."""
+    if task.is_qa:
+        from obert.data.qa import prepare_train_features
+
+        return ds.map(prepare_train_features, batched=True, remove_columns=ds.column_names,
+                      fn_kwargs={"tokenizer": tokenizer, "max_length": max_length,
+                                 "doc_stride": doc_stride},
+                      desc="tokenize", load_from_cache_file=False)
 
     def fn(batch):
         texts = [batch[k] for k in task.text_keys]

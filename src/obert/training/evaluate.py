@@ -1,4 +1,4 @@
-"""Evaluate a sequence classifier on a tokenized split, with a progress bar."""
+"""Evaluate a model on a split, with a progress bar: GLUE classifiers and SQuAD readers."""
 
 from __future__ import annotations
 
@@ -36,3 +36,47 @@ def evaluate(
     logits = predict(model, encoded, tokenizer, batch_size, quiet)
     metrics = compute_metrics(task, logits, np.asarray(encoded["labels"]))
     return {**metrics, "n": len(encoded)}
+
+
+@torch.no_grad()
+def evaluate_qa(model, examples, tokenizer, task: TaskSpec, max_length: int = 384,
+                doc_stride: int = 128, batch_size: int = 64, quiet: bool = False) -> dict:
+    """SQuAD EM/F1 (percent) of ``model`` on raw ``examples``: windows, logits, best spans."""
+    from obert.data.qa import postprocess, prepare_eval_features
+    from obert.data.qa_metrics import squad_scores
+
+    feats = examples.map(prepare_eval_features, batched=True, remove_columns=examples.column_names,
+                         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length,
+                                    "doc_stride": doc_stride},
+                         desc="tokenize", load_from_cache_file=False)
+    model.eval()
+    inputs = feats.remove_columns(["example_id", "offset_mapping"])
+    order = np.argsort([len(x) for x in inputs["input_ids"]], kind="stable")
+    loader = DataLoader(inputs.select(order), batch_size=batch_size,
+                        collate_fn=DataCollatorWithPadding(tokenizer))
+    device = next(model.parameters()).device
+    width = max(len(x) for x in inputs["input_ids"])
+    start = np.full((len(feats), width), -1e4, dtype=np.float32)
+    end = start.copy()
+    row = 0
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=quiet):
+        out = model(**{k: v.to(device) for k, v in batch.items()})
+        n, w = out.start_logits.shape
+        idx = order[row: row + n]
+        start[idx, :w] = out.start_logits.float().cpu().numpy()
+        end[idx, :w] = out.end_logits.float().cpu().numpy()
+        row += n
+    preds = postprocess(examples, feats, start, end)
+    golds = {r["id"]: r["answers"]["text"] for r in examples}
+    return {**squad_scores(preds, golds), "n": len(examples), "windows": len(feats)}
+
+
+def evaluate_split(model, ds, tokenizer, task: TaskSpec, max_length: int, batch_size: int = 64,
+                   quiet: bool = False, doc_stride: int = 128) -> dict:
+    """The task's metrics on a raw split (tokenized here), for any task kind."""
+    if task.is_qa:
+        return evaluate_qa(model, ds, tokenizer, task, max_length, doc_stride, batch_size, quiet)
+    from obert.data.tokenize import encode
+
+    return evaluate(model, encode(ds, tokenizer, task, max_length), tokenizer, task, batch_size,
+                    quiet)

@@ -155,9 +155,11 @@ class DistillTrainer(Trainer):
 
     def __init__(
         self, *args, teacher: nn.Module | None = None, distill: DistillConfig | None = None,
-        plan: StepPlan | None = None, lr_min: float = 0.0, warmup_steps: int = 0, **kwargs,
+        plan: StepPlan | None = None, lr_min: float = 0.0, warmup_steps: int = 0,
+        eval_fn: Callable[[nn.Module], dict] | None = None, **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.eval_fn = eval_fn
         self.teacher, self.distill = teacher, distill or DistillConfig(hardness=0.0)
         self.plan, self.lr_min, self.warmup_steps = plan, lr_min, warmup_steps
         if teacher is not None:
@@ -171,12 +173,26 @@ class DistillTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         loss = outputs.loss
-        h = self.distill.hardness
+        h, T = self.distill.hardness, self.distill.temperature
         if self.teacher is not None and h > 0 and model.training:
+            labels = ("labels", "start_positions", "end_positions")
             with torch.no_grad():
-                t_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-            loss = distill_loss(loss, outputs.logits, t_logits, h, self.distill.temperature)
+                t_out = self.teacher(**{k: v for k, v in inputs.items() if k not in labels})
+            if hasattr(outputs, "start_logits"):  # QA: KD averaged over the start and end
+                loss = 0.5 * (distill_loss(loss, outputs.start_logits, t_out.start_logits, h, T)
+                              + distill_loss(loss, outputs.end_logits, t_out.end_logits, h, T))
+            else:
+                loss = distill_loss(loss, outputs.logits, t_out.logits, h, T)
         return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """With ``eval_fn`` (QA), score whole questions with it instead of Trainer's loop."""
+        if self.eval_fn is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.eval_fn(self.model).items()}
+        self.model.train()
+        self.log(metrics)
+        return metrics
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and self.plan is not None:

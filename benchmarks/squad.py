@@ -84,7 +84,8 @@ def run(a) -> dict:
     (work / "gradual.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     rows.append(step(a, "gradual oBERT 80% + KD",
                      ["prune", "--recipe", str(work / "gradual.yaml"), "--model", str(ft),
-                      "--max-train-samples", str(a.train_rows)], work / "gradual-80"))
+                      "--max-train-samples", str(a.train_rows), "--logging-steps", "50"],
+                     work / "gradual-80"))
     return {"setup": {k: getattr(a, k) for k in ("train_rows", "heldout", "seq_len", "doc_stride",
                                                  "epochs", "num_grads", "r8_grads", "damp",
                                                  "gradual_epochs", "threads")},
@@ -122,13 +123,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="../shared/data/squad")
     ap.add_argument("--heldout", type=int, default=8, help="articles held out for scoring")
-    ap.add_argument("--train-rows", type=int, default=2000)
+    ap.add_argument("--train-rows", type=int, default=1500)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--doc-stride", type=int, default=96)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
-    ap.add_argument("--num-grads", type=int, default=128)
-    ap.add_argument("--r8-grads", type=int, default=16)
+    ap.add_argument("--num-grads", type=int, default=64)
+    ap.add_argument("--r8-grads", type=int, default=8)
     ap.add_argument("--damp", type=float, default=1e-7)
     ap.add_argument("--gradual-epochs", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)

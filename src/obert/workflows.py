@@ -219,8 +219,8 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
         latest_checkpoint,
         read_metrics,
     )
-    from obert.training.plots import plot_run
-    from obert.training.schedule import plan_steps
+    from obert.training.plots import plot_run, schedule_curves
+    from obert.training.schedule import lr_at, plan_steps
 
     run = run or PruneRunArgs()
     task = data.spec
@@ -383,7 +383,10 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
         if final:
             (tmp / "eval_results.json").write_text(json.dumps(final, indent=2) + "\n")
         shutil.copy(metrics_log.path, tmp / "metrics.jsonl")
-        plot_run(records, report, sorted(plan.prune_at), task.main_metric, tmp / "plots")
+        lrs = [lr_at(st, plan.cycle_starts, plan.total_steps, recipe.lr.max, recipe.lr.min,
+                     int(round(recipe.lr.warmup_epochs * spe))) for st in range(plan.total_steps)]
+        curves = schedule_curves(plan.total_steps, lrs, masked.history)
+        plot_run(records, report, sorted(plan.prune_at), task.main_metric, tmp / "plots", curves)
     if not run.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {output}: sparsity {report['global_sparsity']:.4f}, {plan.total_steps} steps "

@@ -14,22 +14,41 @@ def _plt():
     return plt
 
 
+def schedule_curves(total_steps: int, lr: list[float], history: list[dict]) -> dict:
+    """Per-step LR and sparsity of a run: ``lr[s]`` is the LR of optimizer step s + 1, and
+    ``history`` the pruning steps done ({"step", "sparsity"})."""
+    sparsity, s, done = [], 0.0, {h["step"]: h["sparsity"] for h in history}
+    for step in range(total_steps + 1):
+        s = done.get(step, s)
+        sparsity.append(s)
+    return {"step": list(range(1, total_steps + 1)), "lr": lr[:total_steps],
+            "sparsity": sparsity[1:]}
+
+
 def plot_run(records: list[dict], report: dict, prune_steps: list[int], metric: str,
-             folder: Path) -> list[Path]:
-    """Write sparsity_lr.png, eval.png (when evaluated) and layer_sparsity.png into ``folder``."""
+             folder: Path, curves: dict | None = None) -> list[Path]:
+    """Write sparsity_lr.png, eval.png (when evaluated) and layer_sparsity.png into ``folder``.
+
+    ``curves`` (from ``schedule_curves``) draws LR and sparsity at every optimizer step; the
+    logged records (one every logging step) are drawn as points over them.
+    """
     plt = _plt()
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     train = [r for r in records if "learning_rate" in r]
-    if train:
+    if train or curves:
         fig, ax = plt.subplots(figsize=(8, 4))
-        steps = [r["step"] for r in train]
-        ax.step(steps, [r["sparsity"] for r in train], where="post", color="C0")
+        ax2 = ax.twinx()
+        if curves:
+            ax.step(curves["step"], curves["sparsity"], where="post", color="C0")
+            ax2.plot(curves["step"], curves["lr"], color="C1", lw=1)
+        if train:
+            steps = [r["step"] for r in train]
+            ax.plot(steps, [r["sparsity"] for r in train], "o", ms=3, color="C0")
+            ax2.plot(steps, [r["learning_rate"] for r in train], "o", ms=3, color="C1")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("sparsity", color="C0")
         ax.set_ylim(0, 1)
-        ax2 = ax.twinx()
-        ax2.plot(steps, [r["learning_rate"] for r in train], color="C1")
         ax2.set_ylabel("learning rate", color="C1")
         for s in prune_steps:
             ax.axvline(s, color="grey", lw=0.5, ls=":")

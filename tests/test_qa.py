@@ -207,3 +207,50 @@ def test_squad_bad_input(tmp_path, tiny_qa_dir, shared_data, glue_dir, capsys):
     rc = main(["evaluate", "--model", str(tiny_qa_dir), *_squad_args(shared_data)[:-5],
                "--split-articles", "99"])
     assert rc == 2 and "between 1 and 47" in capsys.readouterr().err
+
+
+def test_squad_from_files_the_test_writes(tmp_path, tiny_qa_dir, capsys):
+    import json
+
+    from obert.cli import main
+
+    ctx = "Obert was written in 2026 by a small team in Vienna."
+    data = {"version": "1.1", "data": [{"title": f"T{i}", "paragraphs": [{"context": ctx, "qas": [
+        {"id": f"q{i}a", "question": "When was Obert written?",
+         "answers": [{"text": "2026", "answer_start": ctx.index("2026")}]},
+        {"id": f"q{i}b", "question": "Where was Obert written?",
+         "answers": [{"text": "Vienna", "answer_start": ctx.index("Vienna")},
+                     {"text": "in Vienna", "answer_start": ctx.index("in Vienna")}]},
+    ]}]} for i in range(3)]}
+    path = tmp_path / "mini.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(tiny_qa_dir), "--task", "squad", "--train-file",
+                 str(path), "--validation-file", str(path), "--epochs", "1", "--output",
+                 str(out), "--quiet"]) == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["n"] == 6 and res["windows"] == 6
+    assert main(["evaluate", "--model", str(out), "--task", "squad", "--validation-file",
+                 str(tmp_path / "nope.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_squad_recipe_runs_unchanged(tmp_path, tiny_qa_dir, shared_data):
+    """obert-squad-90 as shipped (30 epochs, m = 1024, B = 50, KD), on 8 questions."""
+    import json
+
+    from obert.cli import main
+
+    ft = tmp_path / "ft"
+    args = ["--task", "squad", "--data-dir", str(shared_data / "squad"), "--split-articles", "1",
+            "--quiet"]
+    assert main(["finetune", "--model", str(tiny_qa_dir), *args, "--max-train-samples", "8",
+                 "--epochs", "1", "--output", str(ft)]) == 0
+    out = tmp_path / "pr"
+    assert main(["prune", "--recipe", "obert-squad-90", "--model", str(ft), *args,
+                 "--max-train-samples", "8", "--logging-steps", "10", "--output", str(out)]) == 0
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["global_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert [h["step"] for h in info["pruning_steps"]] == [2, 6, 10, 14, 18, 22, 26]
+    assert info["settings"]["recipe"]["max_seq_length"] == 384

@@ -23,12 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-OBERT = [sys.executable, "-m", "obert"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+from _bench import HERE, OBERT, log, thread_env
 
 
 def recipe(epochs: float, target: float | None, method: str, num_grads: int, damp: float,
@@ -64,17 +59,13 @@ def teacher_model(a, work: Path) -> tuple[Path, float]:
                "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
                "--epochs", str(a.teacher_epochs), "--lr", "8e-5", "--output", str(cache),
                "--overwrite", *(["--quiet"] if a.quiet else [])]
-        subprocess.run(cmd, check=True, env=_env(a.threads))
+        subprocess.run(cmd, check=True, env=thread_env(a.threads))
         (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     return cache, float((cache / "finetune_wall_s.txt").read_text())
 
 
 def teacher_accuracy(cache: Path) -> float:
     return json.loads((cache / "eval_results.json").read_text())["accuracy"]
-
-
-def _env(threads: int) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def launch(a, name: str, rec: dict, start: Path, work: Path, threads: int) -> subprocess.Popen:
@@ -89,7 +80,7 @@ def launch(a, name: str, rec: dict, start: Path, work: Path, threads: int) -> su
            "--logging-steps", str(max(1, -(-a.train_rows // 32) // a.evals_per_epoch))]
     log(f"start {name} ({threads} thread{'s' if threads > 1 else ''})")
     fh = (work / f"{name}.log").open("w")
-    p = subprocess.Popen(cmd, env=_env(threads), stdout=fh, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, env=thread_env(threads), stdout=fh, stderr=subprocess.STDOUT)
     p.t0, p.name, p.out = time.time(), name, out  # type: ignore[attr-defined]
     return p
 

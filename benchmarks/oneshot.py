@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from _bench import HERE, log
 
 from obert.data.glue import holdout_split, load_split, subsample
 from obert.data.tasks import get_task
@@ -33,13 +34,8 @@ from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate
 from obert.training.finetune import FinetuneConfig, finetune
 
-HERE = Path(__file__).resolve().parent
 # Per task: train rows used (None = all), held-out rows, fine-tuning epochs.
 SETUP = {"sst2": (8000, 500, 1.0), "mrpc": (None, 400, 2.0), "rte": (None, 250, 2.0)}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def finetuned(task_name: str, data_dir: str, quiet: bool, smoke: bool = False):

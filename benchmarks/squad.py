@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-OBERT = [sys.executable, "-m", "obert"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+from _bench import HERE, OBERT, log, thread_env
 
 
 def step(a, name: str, args: list[str], out: Path) -> dict:
@@ -36,7 +30,7 @@ def step(a, name: str, args: list[str], out: Path) -> dict:
     t0 = time.time()
     with (Path(a.work) / f"{name}.log").open("w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": str(a.threads)}).returncode
+                            env=thread_env(a.threads)).returncode
     wall = time.time() - t0
     if rc != 0:
         raise SystemExit(f"{name} failed (rc {rc}); see {a.work}/{name}.log")

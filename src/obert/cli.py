@@ -151,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = OneShotConfig(
             sparsity=args.sparsity, method=args.method, mask=args.mask,
             fisher_block_size=args.fisher_block_size, num_grads=args.num_grads, damp=args.damp,
-            grad_batch_size=args.grad_batch_size or (8 if args.task.lower().startswith("squad")
-                                                     else 16), recomputations=args.recomputations,
+            grad_batch_size=args.grad_batch_size or (8 if get_task(args.task).is_qa else 16),
+            recomputations=args.recomputations,
             scope=args.scope, max_fisher_memory_gb=args.max_fisher_memory,
             include=args.include, exclude=args.exclude,
         )

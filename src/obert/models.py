@@ -32,22 +32,14 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     )
 
     _quiet_transformers()
-    if task.is_qa:
-        try:
-            model, info = AutoModelForQuestionAnswering.from_pretrained(
-                name_or_path, use_safetensors=True, output_loading_info=True)
-        except Exception as e:
-            raise ObertError(_load_error(name_or_path, e)) from None
-        model.config.finetuning_task = task.name
-        fresh = info.get("missing_keys") or info.get("mismatched_keys")
-        return (model, not fresh) if with_info else model
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
+    auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
     same_task = config.num_labels == task.num_labels and getattr(config, "finetuning_task", None) == task.name
     kwargs = {}
-    if not same_task:
+    if not same_task and not task.is_qa:  # a QA head's shape does not depend on the task
         kwargs = dict(num_labels=task.num_labels, ignore_mismatched_sizes=True)
         if task.label_names:
             kwargs["id2label"] = dict(enumerate(task.label_names))
@@ -55,7 +47,7 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
         if task.is_regression:
             kwargs["problem_type"] = "regression"
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = auto.from_pretrained(
             name_or_path, use_safetensors=True, output_loading_info=True, **kwargs
         )
     except Exception as e:

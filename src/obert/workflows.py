@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from obert.data.tokenize import batches, encode
 from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model, sparsity_report
 from obert.models import load_classifier, load_tokenizer
-from obert.pruning.oneshot import OneShotConfig, fisher_memory_check, oneshot_prune, prepare
+from obert.pruning.oneshot import (
+    OneShotConfig,
+    check_group_shape,
+    fisher_memory_check,
+    oneshot_prune,
+    prepare,
+)
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate_split
 from obert.training.finetune import FinetuneConfig, finetune
@@ -132,14 +139,18 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: OneShotConfig, output: str
 
 
 def _write_output(output: str, overwrite: bool, model, tokenizer, model_name: str,
-                  data: DataArgs, info: dict, metrics: dict) -> None:
-    """The model folder with sparsity.json (provenance added) and eval_results.json, atomically."""
+                  data: DataArgs, info: dict, metrics: dict,
+                  extra: Callable[[Path], None] | None = None) -> None:
+    """The model folder with sparsity.json (provenance added) and eval_results.json, atomically;
+    ``extra`` writes more files into the temporary folder before it is renamed."""
     info = {**info, "obert_version": __version__, "source_model": model_name,
             "data": data.describe()}
     with atomic_output(output, overwrite) as tmp:
         save_model(model, tokenizer, tmp, info)
         if metrics:
             (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
 
 
 def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_length: int = 128,
@@ -252,10 +263,7 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
     teacher = load_classifier(teacher_name, task) if dcfg.hardness > 0 else None
     targets = find_targets(model, recipe.targets.include, recipe.targets.exclude)
     if pcfg is not None:
-        for name, mod in targets.items():
-            if mod.in_features % pcfg.k:
-                raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of "
-                                 f"{pcfg.k}: use mask unstructured or exclude it in targets")
+        check_group_shape(targets, pcfg.k, "use mask unstructured or exclude it in targets")
 
     train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length, data.doc_stride)
     try:
@@ -278,6 +286,12 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
     spe = max(1, batches_per_epoch // ga + int(batches_per_epoch % ga > 0))
     targets_sched = pcfg.targets() if pcfg is not None else []
     plan = plan_steps(spe, recipe.epochs, targets_sched, recipe.lr.schedule == "cyclic_linear")
+    warmup = int(round(recipe.lr.warmup_epochs * spe))
+
+    def lr_of(step: int) -> float:
+        return lr_at(step, plan.cycle_starts, plan.total_steps, recipe.lr.max, recipe.lr.min,
+                     warmup)
+
     logging_steps = run.logging_steps or max(1, spe // 8)
     save_steps = run.save_steps or max(1, spe // 2)
     if pcfg is not None:
@@ -346,9 +360,7 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
         compute_metrics=None if task.is_qa else (
             lambda p: compute_metrics(task, p.predictions, p.label_ids)),
         eval_fn=eval_fn,
-        callbacks=[masked, metrics_log], teacher=teacher, distill=dcfg, plan=plan,
-        lr_min=recipe.lr.min,
-        warmup_steps=int(round(recipe.lr.warmup_epochs * spe)),
+        callbacks=[masked, metrics_log], teacher=teacher, distill=dcfg, lr_fn=lr_of,
     )
     if run.quiet:
         trainer.remove_callback(PrinterCallback)
@@ -376,17 +388,14 @@ def run_prune(model_name: str, data: DataArgs, recipe, output: str,
             "pruning_steps": masked.history,
             "train": {"train_loss": out.training_loss, "steps": out.global_step, "wall_s": wall,
                       "resumed_from": str(resume_from) if resume_from else None}}
-    info = {**info, "obert_version": __version__, "source_model": model_name,
-            "data": data.describe()}
-    with atomic_output(output, overwrite=True) as tmp:
-        save_model(model, tokenizer, tmp, info)
-        if final:
-            (tmp / "eval_results.json").write_text(json.dumps(final, indent=2) + "\n")
+
+    def run_files(tmp: Path) -> None:
         shutil.copy(metrics_log.path, tmp / "metrics.jsonl")
-        lrs = [lr_at(st, plan.cycle_starts, plan.total_steps, recipe.lr.max, recipe.lr.min,
-                     int(round(recipe.lr.warmup_epochs * spe))) for st in range(plan.total_steps)]
-        curves = schedule_curves(plan.total_steps, lrs, masked.history)
+        curves = schedule_curves(plan.total_steps, [lr_of(s) for s in range(plan.total_steps)],
+                                 masked.history)
         plot_run(records, report, sorted(plan.prune_at), task.main_metric, tmp / "plots", curves)
+
+    _write_output(output, True, model, tokenizer, model_name, data, info, final, run_files)
     if not run.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {output}: sparsity {report['global_sparsity']:.4f}, {plan.total_steps} steps "

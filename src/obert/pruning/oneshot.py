@@ -62,16 +62,18 @@ class OneShotConfig:
         return asdict(self)
 
 
+def check_group_shape(targets: dict[str, nn.Linear], k: int, fix: str) -> None:
+    """Refuse a target whose input dimension is not a multiple of the group size ``k``."""
+    for name, mod in targets.items():
+        if mod.in_features % k:
+            raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of {k}: {fix}")
+
+
 def prepare(model: nn.Module, cfg: OneShotConfig) -> tuple[dict[str, nn.Linear], Pruner]:
     """Find the targets, check the group shape and the memory budget, build the pruner."""
     cfg.validate()
     targets = find_targets(model, cfg.include, cfg.exclude)
-    for name, mod in targets.items():
-        if mod.in_features % cfg.k:
-            raise ObertError(
-                f"{name} has {mod.in_features} inputs, not a multiple of {cfg.k}: "
-                f"use --mask unstructured or --exclude it"
-            )
+    check_group_shape(targets, cfg.k, "use --mask unstructured or --exclude it")
     weights = {n: m.weight for n, m in targets.items()}
     pruner = build_pruner(
         cfg.method, {n: w.data for n, w in weights.items()}, k=cfg.k,

@@ -18,6 +18,12 @@ from obert.pruning.obs import magnitude_saliency, obs_update, saliency
 from obert.pruning.select import select_prune
 
 
+def mask_sparsity(masks: dict[str, Tensor]) -> float:
+    """The fraction of pruned (False) entries over all masks."""
+    total = sum(m.numel() for m in masks.values())
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+
+
 def group_mask(mask: Tensor, k: int) -> Tensor:
     """Per-group keep flags from a per-weight mask: a group is kept if its first weight is."""
     return mask.reshape(-1, k)[:, 0]
@@ -49,8 +55,7 @@ class Pruner:
         self.masks = masks or {n: _nonzero_groups(w, k) for n, w in weights.items()}
 
     def sparsity(self) -> float:
-        total = sum(m.numel() for m in self.masks.values())
-        return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total
+        return mask_sparsity(self.masks)
 
     def scores(self) -> dict[str, Tensor]:
         """Flat per-group scores; pruned groups get −∞ so they stay pruned."""

@@ -26,10 +26,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback
 
 from obert.pruning.gradients import collect_grads
-from obert.pruning.pruner import OBSPruner, build_pruner, sparsity_schedule
+from obert.pruning.pruner import OBSPruner, build_pruner, mask_sparsity, sparsity_schedule
 from obert.training.distill import distill_loss
 from obert.training.recipe import DistillConfig, PruningConfig
-from obert.training.schedule import StepPlan, lr_at
+from obert.training.schedule import StepPlan
 
 MASKS_FILE = "obert_masks.safetensors"
 STATE_FILE = "obert_pruning.json"
@@ -79,8 +79,7 @@ class MaskedPruning(TrainerCallback):
             w.mul_(self.masks[name])
 
     def sparsity(self) -> float:
-        total = sum(m.numel() for m in self.masks.values())
-        return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / total
+        return mask_sparsity(self.masks)
 
     # -- pruning -------------------------------------------------------------------------
     def prune(self, step: int, model: nn.Module, optimizer=None) -> None:
@@ -155,13 +154,13 @@ class DistillTrainer(Trainer):
 
     def __init__(
         self, *args, teacher: nn.Module | None = None, distill: DistillConfig | None = None,
-        plan: StepPlan | None = None, lr_min: float = 0.0, warmup_steps: int = 0,
+        lr_fn: Callable[[int], float] | None = None,
         eval_fn: Callable[[nn.Module], dict] | None = None, **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.eval_fn = eval_fn
         self.teacher, self.distill = teacher, distill or DistillConfig(hardness=0.0)
-        self.plan, self.lr_min, self.warmup_steps = plan, lr_min, warmup_steps
+        self.lr_fn = lr_fn
         if teacher is not None:
             teacher.to(self.args.device).eval()
             for p in teacher.parameters():
@@ -195,15 +194,10 @@ class DistillTrainer(Trainer):
         return metrics
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None and self.plan is not None:
-            opt = optimizer or self.optimizer
-            lr_max = self.args.learning_rate
-            plan, lr_min, warm = self.plan, self.lr_min, self.warmup_steps
-
-            def factor(step: int) -> float:
-                return lr_at(step, plan.cycle_starts, plan.total_steps, lr_max, lr_min, warm) / lr_max
-
-            self.lr_scheduler = LambdaLR(opt, factor)
+        if self.lr_scheduler is None and self.lr_fn is not None:
+            lr_fn, lr_max = self.lr_fn, self.args.learning_rate
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
+                                         lambda step: lr_fn(step) / lr_max)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 

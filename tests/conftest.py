@@ -83,3 +83,16 @@ def tiny_finetuned_dir(
     ])
     assert rc == 0, "fine-tuning the tiny model failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_sst2(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path, glue_dir: Path) -> Path:
+    """MiniLM-L6 fine-tuned on 1,024 SST-2 rows (2 epochs): the real model of the slow tests."""
+    from obert.cli import main
+
+    out = tmp_path_factory.mktemp("minilm") / "sst2"
+    rc = main(["finetune", "--model", str(minilm_path), "--task", "sst2", "--data-dir",
+               str(glue_dir), "--output", str(out), "--epochs", "2", "--lr", "1e-4",
+               "--max-train-samples", "1024", "--quiet"])
+    assert rc == 0, "fine-tuning MiniLM failed"
+    return out

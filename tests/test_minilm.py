@@ -13,16 +13,6 @@ from obert.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def minilm_sst2(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path, glue_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("minilm") / "sst2"
-    rc = main(["finetune", "--model", str(minilm_path), "--task", "sst2", "--data-dir",
-               str(glue_dir), "--output", str(out), "--epochs", "2", "--lr", "1e-4",
-               "--max-train-samples", "1024", "--quiet"])
-    assert rc == 0
-    return out
-
-
 def evaluate(model: Path, glue_dir: Path, capsys: pytest.CaptureFixture[str]) -> dict:
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model), "--task", "sst2", "--data-dir", str(glue_dir),

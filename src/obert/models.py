@@ -89,3 +89,22 @@ def _load_error(name: str, e: Exception, what: str = "model") -> str:
         return f"model folder {name} does not exist"
     return (f"cannot load {name!r} from the Hugging Face hub ({type(e).__name__}): "
             "check the id, or pass a local model folder")
+
+
+def load_for_inference(name_or_path: str):
+    """The model class its config names (``architectures[0]``), else ``AutoModel``; eval mode."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e)) from None
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    try:
+        model = (cls or AutoModel).from_pretrained(name_or_path, use_safetensors=True)
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e)) from None
+    return model.eval()

@@ -1,0 +1,140 @@
+"""`obert bench`: latency of dense fp32, dense INT8, obert sparse fp32 and sparse INT8, side by
+side in one process, on the same inputs, with each engine's largest output difference."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .compile import compile, summary
+from .modules import quantize_dynamic_int8
+
+ENGINES = ("dense-fp32", "dense-int8", "sparse-fp32", "sparse-int8")
+
+
+@dataclass
+class EngineResult:
+    name: str
+    median_ms: float
+    throughput: float  # sequences per second at the median
+    max_abs_diff: float  # vs dense fp32 outputs on the same inputs
+    min_ms: float
+    speedup_vs_dense_fp32: float = 1.0
+    speedup_vs_dense_int8: float | None = None
+
+
+def example_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+    """Random token ids (the vocabulary's ordinary range) with a full attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(getattr(model.config, "vocab_size", 30522))
+    lo = min(1000, vocab // 2)
+    inputs = {
+        "input_ids": torch.randint(lo, vocab, (batch_size, seq_len), generator=g),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+    }
+    if getattr(model.config, "type_vocab_size", 0):
+        inputs["token_type_ids"] = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    return inputs
+
+
+def main_output(out) -> torch.Tensor:
+    """The tensor to compare: logits, start/end logits side by side, or the hidden states."""
+    if getattr(out, "logits", None) is not None:
+        return out.logits
+    if getattr(out, "start_logits", None) is not None:
+        return torch.cat([out.start_logits, out.end_logits], -1)
+    if getattr(out, "last_hidden_state", None) is not None:
+        return out.last_hidden_state
+    return out[0]
+
+
+def time_call(fn: Callable[[], object], warmup: int, repeats: int, progress=None) -> list[float]:
+    """Milliseconds of each of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def build_engines(model: nn.Module, names=ENGINES) -> dict[str, nn.Module]:
+    model = model.eval()
+    builders = {
+        "dense-fp32": lambda: model,
+        "dense-int8": lambda: quantize_dynamic_int8(copy.deepcopy(model)),
+        "sparse-fp32": lambda: compile(model, "fp32"),
+        "sparse-int8": lambda: compile(model, "int8"),
+    }
+    return {n: builders[n]() for n in names}
+
+
+def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
+              warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False) -> dict:
+    """Time each engine on the same inputs; speed-ups are ratios measured in this one run."""
+    from tqdm.auto import tqdm
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    built = build_engines(model, engines)
+    inputs = example_inputs(model, batch_size, seq_len)
+    results: list[EngineResult] = []
+    with torch.inference_mode():
+        ref = main_output(model(**inputs)).float()
+        bar = tqdm(total=len(built) * repeats, desc="bench", unit="run", disable=quiet)
+        for name, eng in built.items():
+            bar.set_postfix_str(name)
+            diff = (main_output(eng(**inputs)).float() - ref).abs().max().item()
+            ms = time_call(lambda eng=eng: eng(**inputs), warmup, repeats, bar)
+            med = statistics.median(ms)
+            results.append(EngineResult(name, med, batch_size * 1e3 / med, diff, min(ms)))
+        bar.close()
+    by = {r.name: r for r in results}
+    for r in results:
+        if "dense-fp32" in by:
+            r.speedup_vs_dense_fp32 = by["dense-fp32"].median_ms / r.median_ms
+        if "dense-int8" in by:
+            r.speedup_vs_dense_int8 = by["dense-int8"].median_ms / r.median_ms
+    from ._ext import isa
+
+    layers = {n: summary(e)["engines"] for n, e in built.items() if n.startswith("sparse")}
+    return {
+        "results": [asdict(r) for r in results],
+        "seq_len": seq_len, "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "warmup": warmup, "repeats": repeats, "isa": isa(), "torch": torch.__version__,
+        "layers": layers, "linear_sparsity": linear_sparsity(model),
+    }
+
+
+def linear_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all nn.Linear weights."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            zeros += int((m.weight == 0).sum())
+            total += m.weight.numel()
+    return zeros / max(1, total)
+
+
+def format_table(report: dict) -> str:
+    head = (f"seq {report['seq_len']}, batch {report['batch_size']}, {report['threads']} threads, "
+            f"kernels {report['isa']}, linear sparsity {report['linear_sparsity']:.1%}, "
+            f"median of {report['repeats']} runs after {report['warmup']} warm-up")
+    rows = [f"{'engine':12s} {'median ms':>10s} {'seq/s':>8s} {'vs fp32':>8s} {'vs int8':>8s} "
+            f"{'max |diff|':>11s}"]
+    for r in report["results"]:
+        v8 = r["speedup_vs_dense_int8"]
+        rows.append(f"{r['name']:12s} {r['median_ms']:10.2f} {r['throughput']:8.1f} "
+                    f"{r['speedup_vs_dense_fp32']:7.2f}x {'' if v8 is None else f'{v8:7.2f}x':>8s} "
+                    f"{r['max_abs_diff']:11.2e}")
+    return "\n".join([head, *rows])

@@ -1,0 +1,119 @@
+"""`compile(model)`: swap each pruned nn.Linear for the fastest kernel for its sparsity.
+
+The model's forward, outputs and tokenizer stay as they were; only Linear modules (and the GELU
+that follows an intermediate projection, fused into the kernel's output) are replaced.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .modules import DenseAct, SparseLinear, dynamic_int8
+
+# Above these densities (fraction of multiply-adds kept) the dense path is faster on the
+# machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs fbgemm.
+MAX_DENSITY = {"fp32": 0.35, "int8": 0.35}
+
+
+@dataclass
+class LayerChoice:
+    """What compile() did with one Linear, and why."""
+
+    name: str
+    shape: tuple[int, int]
+    sparsity: float  # fraction of exact zeros
+    block4_density: float  # fraction of 4-blocks (along the input) holding a nonzero
+    engine: str  # sparse-fp32 | sparse-int8 | dense-fp32 | dense-int8
+    block: int  # 1 or 4 for sparse engines, 0 for dense
+    gelu_fused: bool = False
+
+
+def weight_stats(weight: torch.Tensor) -> tuple[float, float]:
+    """(unstructured density, 4-block density) of a [out, in] weight."""
+    w = weight.detach()
+    nz = w.ne(0)
+    pad = (-w.shape[1]) % 4
+    nzb = nn.functional.pad(nz, (0, pad)).view(w.shape[0], -1, 4).any(-1)
+    return nz.float().mean().item(), nzb.float().mean().item()
+
+
+def _is_exact_gelu(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.GELU):
+        return mod.approximate == "none"
+    act = getattr(mod, "act", None)  # transformers' GELUActivation
+    return type(mod).__name__ == "GELUActivation" and act is nn.functional.gelu
+
+
+def choose(name: str, linear: nn.Linear, dtype: str, max_density: float | None) -> LayerChoice:
+    d1, d4 = weight_stats(linear.weight)
+    limit = MAX_DENSITY[dtype] if max_density is None else max_density
+    if dtype == "int8":
+        sparse, block, eff = d4 <= limit, 4, d4
+    else:
+        # 4-blocks need one index per 4 weights: worth it unless they carry many zeros
+        block = 4 if d4 <= 1.3 * d1 else 1
+        eff = d4 if block == 4 else d1
+        sparse = eff <= limit
+    engine = f"{'sparse' if sparse else 'dense'}-{dtype}"
+    return LayerChoice(name, tuple(linear.weight.shape), 1.0 - d1, d4, engine,
+                       block if sparse else 0)
+
+
+def compile(  # noqa: A001  (the verb users expect, like torch.compile)
+    model: nn.Module,
+    dtype: str = "fp32",
+    *,
+    max_density: float | None = None,
+    fuse_gelu: bool = True,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return `model` for CPU inference on obert's kernels.
+
+    dtype "fp32" keeps fp32 math (sparse layers on blocked-CSR kernels, the rest untouched);
+    "int8" runs sparse layers on int8 4-block kernels (per-row weight scales, per-token dynamic
+    activation scales) and the rest on PyTorch's dynamic INT8. A Linear goes sparse when the
+    fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY[dtype]).
+    The choices are in `model.obert_layers` (a list of LayerChoice).
+    """
+    if dtype not in MAX_DENSITY:
+        raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    model.requires_grad_(False)
+    choices: list[LayerChoice] = []
+    parents = dict(model.named_modules())
+    for name, mod in list(model.named_modules()):
+        if not isinstance(mod, nn.Linear):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = parents[parent_name] if parent_name else model
+        c = choose(name, mod, dtype, max_density)
+        act = getattr(parent, "intermediate_act_fn", None)
+        fuse = fuse_gelu and attr == "dense" and act is not None and _is_exact_gelu(act)
+        if c.engine.startswith("sparse"):
+            new: nn.Module = SparseLinear.from_linear(mod, dtype, c.block, "gelu" if fuse else "none")
+        elif dtype == "int8":
+            new = DenseAct(dynamic_int8(mod), "gelu") if fuse else dynamic_int8(mod)
+        else:
+            new, fuse = mod, False
+        if fuse:
+            parent.intermediate_act_fn = nn.Identity()
+            c.gelu_fused = True
+        setattr(parent, attr, new)
+        choices.append(c)
+    model.obert_layers = choices
+    return model
+
+
+def summary(model: nn.Module) -> dict:
+    """Counts of engines and the choices, for reports (`obert bench`)."""
+    layers = getattr(model, "obert_layers", [])
+    counts: dict[str, int] = {}
+    for c in layers:
+        counts[c.engine] = counts.get(c.engine, 0) + 1
+    return {"engines": counts, "layers": [asdict(c) for c in layers]}

@@ -1,0 +1,71 @@
+// Sparse-weight x dense-activation kernels, one implementation per instruction set.
+//
+// Shapes: x is [M tokens][K inputs] (row stride ldx), the sparse weight W is [N outputs][K] and
+// y = x W^T + b is [M][N] (row stride ldy). This header is plain C++ (no torch) so that the
+// per-ISA files can be compiled with their own target flags without touching torch's inlines.
+//
+// Weight format (packed by obert/runtime/pack.py), "blocked CSR": output rows are padded to a
+// multiple of 16; row n owns blocks row_ptr[n] .. row_ptr[n+1]-1; block j starts at input
+// column col[j] and covers bs consecutive inputs (bs = 1 unstructured, 4 = oBERT's block4).
+//   fp32: val[j*bs + i] is the weight of input col[j] + i.
+//   int8: bs is always 4 and col[j] is a multiple of 4; wq[j] packs the 4 int8 weights
+//         (little-endian, input col[j] in the low byte); per-row scales sw[n] and
+//         wsum[n] = sum of the row's int8 weights (for the unsigned-activation correction).
+//
+// Activation layouts built by the prepare functions (tokens padded to Mp, a multiple of 16):
+//   fp32: xt[k][Mp]          (transposed, tokens contiguous)
+//   int8: x4[k/4][Mp][4]     (uint8 = int8 + 128; 4 consecutive inputs of a token together),
+//         with the per-token scale sx[m] = max|x[m,:]| / 127.
+#pragma once
+#include <cstdint>
+
+namespace obert {
+
+constexpr int kRowGroup = 16;  // output rows per tile; N is padded to a multiple of this
+
+struct SpF32 {
+  const int32_t* row_ptr;
+  const int32_t* col;
+  const float* val;
+  int bs;  // 1 or 4
+};
+
+struct SpI8 {
+  const int32_t* row_ptr;
+  const int32_t* col;
+  const int32_t* wq;
+  const float* sw;
+  const int32_t* wsum;
+};
+
+struct Out {
+  float* y;
+  int64_t M, N, ldy;
+  const float* bias;  // may be null
+  int act;            // 0: none, 1: GELU (erf)
+};
+
+struct Isa {
+  const char* name;
+  int tok_tile;  // tokens per work item (a multiple of 16)
+  // xt[k][m] = x[m][k] for k in [k0, k1), m < Mp (zero for m >= M)
+  void (*f32_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+                      int64_t k0, int64_t k1);
+  // y for token tile t and row group g, items [i0, i1) with item = t * n_groups + g
+  void (*f32_spmm)(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+                   int64_t i0, int64_t i1);
+  // per-token quantisation of tokens [m0, m1) into x4 and sx (tokens >= M are zero)
+  void (*i8_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
+                     float* sx, int64_t m0, int64_t m1);
+  void (*i8_spmm)(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+                  int64_t n_groups, int64_t i0, int64_t i1);
+};
+
+const Isa* isa_scalar();
+const Isa* isa_avx2();    // null when not compiled in (non-x86 builds)
+const Isa* isa_avx512();  // AVX-512 F/BW/VL/DQ + VNNI
+
+// GELU with the exact erf, as torch.nn.functional.gelu(approximate="none")
+float gelu_ref(float x);
+
+}  // namespace obert

@@ -1,0 +1,250 @@
+// AVX2 + FMA kernels, for x86 CPUs without AVX-512. Int8 uses the sign trick with
+// vpmaddubsw (|x| as unsigned, the weight given x's sign): with both sides in [-127, 127] the
+// 16-bit pair sums cannot saturate, so the result equals the exact integer dot product.
+#include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace obert {
+namespace {
+
+constexpr int kTok = 32;  // tokens per work item: 4 vectors of 8
+
+inline void tr8(__m256 r[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+
+inline __m256 exp_neg(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline __m256 gelu(__m256 x) {
+  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+  const __m256 sign = _mm256_and_ps(z, _mm256_castsi256_ps(_mm256_set1_epi32(0x80000000)));
+  const __m256 a = _mm256_xor_ps(z, sign);
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                                 _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
+  __m256 p = _mm256_set1_ps(1.061405429f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+  p = _mm256_mul_ps(p, t);
+  const __m256 e = exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), a), a));
+  const __m256 erf = _mm256_or_ps(_mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f)), sign);
+  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(erf, _mm256_set1_ps(1.0f)));
+}
+
+inline __m256i lane_mask(int64_t valid) {  // first `valid` of 8 lanes on
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(valid > 8 ? 8 : valid)), idx);
+}
+
+// buf[16 rows][kTok tokens] -> y[m][n0..n0+15]; fin(v, m, half) finishes one token's 8 rows.
+template <typename Fin>
+inline void store_tile(const float* buf, int U, int64_t m0, int64_t n0, const Out& o, Fin fin) {
+  __m256 r[8];
+  for (int h = 0; h < 2; ++h) {
+    const int64_t nh = n0 + 8 * h;
+    if (nh >= o.N) return;
+    const __m256i mk = lane_mask(o.N - nh);
+    const __m256 bias = o.bias ? _mm256_maskload_ps(o.bias + nh, mk) : _mm256_setzero_ps();
+    for (int u = 0; u < U; ++u) {
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(buf + (8 * h + i) * kTok + 8 * u);
+      tr8(r);
+      for (int t = 0; t < 8; ++t) {
+        const int64_t m = m0 + 8 * u + t;
+        if (m >= o.M) break;
+        __m256 v = _mm256_add_ps(fin(r[t], m, h), bias);
+        if (o.act == 1) v = gelu(v);
+        _mm256_maskstore_ps(o.y + m * o.ldy + nh, mk, v);
+      }
+    }
+  }
+}
+
+void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+                 int64_t k0, int64_t k1) {
+  __m256 r[8];
+  for (int64_t kk = k0; kk < k1; kk += 8) {
+    const int64_t kn = (k1 - kk) < 8 ? (k1 - kk) : 8;
+    const __m256i km = lane_mask(kn);
+    for (int64_t mm = 0; mm < Mp; mm += 8) {
+      for (int i = 0; i < 8; ++i)
+        r[i] = (mm + i < M) ? _mm256_maskload_ps(x + (mm + i) * ldx + kk, km) : _mm256_setzero_ps();
+      tr8(r);
+      for (int64_t i = 0; i < kn; ++i) _mm256_storeu_ps(xt + (kk + i) * Mp + mm, r[i]);
+    }
+  }
+}
+
+template <int U, int BS>
+void f32_tile(const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0, float* buf) {
+  for (int r = 0; r < 16; ++r) {
+    __m256 a[U];
+    for (int u = 0; u < U; ++u) a[u] = _mm256_setzero_ps();
+    const int32_t j1 = w.row_ptr[n0 + r + 1];
+    for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
+      const float* xp = xt + (int64_t)w.col[j] * Mp + m0;
+      const float* v = w.val + (int64_t)j * BS;
+      for (int b = 0; b < BS; ++b) {
+        const __m256 vb = _mm256_broadcast_ss(v + b);
+        for (int u = 0; u < U; ++u)
+          a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + b * Mp + 8 * u), vb, a[u]);
+      }
+    }
+    for (int u = 0; u < U; ++u) _mm256_store_ps(buf + r * kTok + 8 * u, a[u]);
+  }
+}
+
+template <int BS>
+void f32_tile_any(int U, const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0,
+                  float* buf) {
+  switch (U) {
+    case 1: f32_tile<1, BS>(xt, Mp, w, n0, m0, buf); break;
+    case 2: f32_tile<2, BS>(xt, Mp, w, n0, m0, buf); break;
+    case 3: f32_tile<3, BS>(xt, Mp, w, n0, m0, buf); break;
+    default: f32_tile<4, BS>(xt, Mp, w, n0, m0, buf); break;
+  }
+}
+
+void f32_spmm(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+              int64_t i0, int64_t i1) {
+  alignas(32) float buf[16 * kTok];
+  for (int64_t it = i0; it < i1; ++it) {
+    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
+    const int64_t left = (Mp - m0) / 8;
+    const int U = left < 4 ? (int)left : 4;
+    if (w.bs == 4)
+      f32_tile_any<4>(U, xt, Mp, w, n0, m0, buf);
+    else
+      f32_tile_any<1>(U, xt, Mp, w, n0, m0, buf);
+    store_tile(buf, U, m0, n0, o, [](__m256 v, int64_t, int) { return v; });
+  }
+}
+
+void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
+                float* sx, int64_t m0, int64_t m1) {
+  const int64_t K4 = (K + 3) / 4;
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  for (int64_t m = m0; m < m1; ++m) {
+    float amax = 0.0f;
+    if (m < M) {
+      __m256 mx = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K; k += 8)
+        mx = _mm256_max_ps(mx, _mm256_and_ps(absmask, _mm256_maskload_ps(x + m * ldx + k, lane_mask(K - k))));
+      alignas(32) float l[8];
+      _mm256_store_ps(l, mx);
+      for (int i = 0; i < 8; ++i) amax = l[i] > amax ? l[i] : amax;
+    }
+    sx[m] = amax / 127.0f;
+    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    for (int64_t k = 0; k < 4 * K4; k += 8) {
+      const __m256 xv = m < M ? _mm256_maskload_ps(x + m * ldx + k, lane_mask(K - k)) : _mm256_setzero_ps();
+      __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(xv, inv));
+      q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+      q = _mm256_add_epi32(q, _mm256_set1_epi32(128));
+      alignas(32) int32_t g[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(g), q);
+      for (int i = 0; i < 2 && k / 4 + i < K4; ++i) {
+        const uint32_t packed = (uint32_t)g[4 * i] | ((uint32_t)g[4 * i + 1] << 8) |
+                                ((uint32_t)g[4 * i + 2] << 16) | ((uint32_t)g[4 * i + 3] << 24);
+        *reinterpret_cast<uint32_t*>(x4 + ((k / 4 + i) * Mp + m) * 4) = packed;
+      }
+    }
+  }
+}
+
+template <int U>
+void i8_tile(const uint8_t* x4, int64_t Mp, const SpI8& w, int64_t n0, int64_t m0, int32_t* buf) {
+  const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+  for (int r = 0; r < 16; ++r) {
+    __m256i a[U];
+    for (int u = 0; u < U; ++u) a[u] = _mm256_setzero_si256();
+    const int32_t j1 = w.row_ptr[n0 + r + 1];
+    for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
+      const uint8_t* xp = x4 + ((int64_t)(w.col[j] >> 2) * Mp + m0) * 4;
+      const __m256i wb = _mm256_set1_epi32(w.wq[j]);
+      for (int u = 0; u < U; ++u) {
+        const __m256i xs = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32 * u)), flip);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(xs), _mm256_sign_epi8(wb, xs));
+        a[u] = _mm256_add_epi32(a[u], _mm256_madd_epi16(p, ones));
+      }
+    }
+    for (int u = 0; u < U; ++u)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(buf + r * kTok + 8 * u), a[u]);
+  }
+}
+
+void i8_spmm(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+             int64_t n_groups, int64_t i0, int64_t i1) {
+  alignas(32) int32_t buf[16 * kTok];
+  for (int64_t it = i0; it < i1; ++it) {
+    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
+    const int64_t left = (Mp - m0) / 8;
+    const int U = left < 4 ? (int)left : 4;
+    switch (U) {
+      case 1: i8_tile<1>(x4, Mp, w, n0, m0, buf); break;
+      case 2: i8_tile<2>(x4, Mp, w, n0, m0, buf); break;
+      case 3: i8_tile<3>(x4, Mp, w, n0, m0, buf); break;
+      default: i8_tile<4>(x4, Mp, w, n0, m0, buf); break;
+    }
+    __m256 sw[2];
+    for (int h = 0; h < 2; ++h)
+      sw[h] = n0 + 8 * h < o.N ? _mm256_maskload_ps(w.sw + n0 + 8 * h, lane_mask(o.N - n0 - 8 * h))
+                               : _mm256_setzero_ps();
+    store_tile(reinterpret_cast<const float*>(buf), U, m0, n0, o, [&](__m256 v, int64_t m, int h) {
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(v)),
+                           _mm256_mul_ps(sw[h], _mm256_set1_ps(sx[m])));
+    });
+  }
+}
+
+const Isa kAvx2 = {"avx2", kTok, f32_prepare, f32_spmm, i8_prepare, i8_spmm};
+
+}  // namespace
+}  // namespace obert
+
+#pragma GCC pop_options
+
+namespace obert {
+const Isa* isa_avx2() { return &kAvx2; }
+}  // namespace obert
+
+#else
+namespace obert {
+const Isa* isa_avx2() { return nullptr; }
+}  // namespace obert
+#endif

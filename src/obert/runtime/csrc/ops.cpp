@@ -1,0 +1,179 @@
+// Torch bindings: pick the instruction set at run time, lay out the activations, run the
+// sparse kernels on PyTorch's own intra-op thread pool (at::parallel_for), so obert never
+// starts a second pool that would fight PyTorch's for the same cores.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace {
+
+using obert::Isa;
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+std::vector<std::string> available() {
+  std::vector<std::string> out;
+  if (obert::isa_avx512() && cpu_has_avx512()) out.push_back("avx512");
+  if (obert::isa_avx2() && cpu_has_avx2()) out.push_back("avx2");
+  out.push_back("scalar");
+  return out;
+}
+
+const Isa* by_name(const std::string& name) {
+  if (name == "avx512") return obert::isa_avx512();
+  if (name == "avx2") return obert::isa_avx2();
+  return obert::isa_scalar();
+}
+
+const Isa*& current() {
+  static const Isa* isa = by_name(available().front());
+  return isa;
+}
+
+void set_isa(const std::string& name) {
+  const auto av = available();
+  const std::string want = name == "auto" ? av.front() : name;
+  for (const auto& a : av)
+    if (a == want) {
+      current() = by_name(a);
+      return;
+    }
+  std::string list;
+  for (const auto& a : av) list += (list.empty() ? "" : ", ") + a;
+  TORCH_CHECK(false, "instruction set '", name, "' is not available on this CPU; choose auto, ",
+              list);
+}
+
+// A scratch buffer per calling thread: the activation layouts are rebuilt on every call.
+template <typename T>
+T* scratch(size_t n) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < n * sizeof(T) + 64) buf.resize(n * sizeof(T) + 64);
+  auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((p + 63) & ~uintptr_t(63));
+}
+
+void check_x(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 &&
+                  x.stride(1) == 1,
+              "obert kernels take a CPU float32 [tokens, features] tensor with unit inner stride");
+}
+
+void check_rows(const torch::Tensor& row_ptr, int64_t N) {
+  TORCH_CHECK(row_ptr.scalar_type() == torch::kInt32 && row_ptr.is_contiguous() &&
+                  row_ptr.numel() >= N + 1 && (row_ptr.numel() - 1) % obert::kRowGroup == 0,
+              "row_ptr must be int32 with (N padded to a multiple of 16) + 1 entries");
+}
+
+obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
+  obert::Out o{y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), nullptr, (int)act};
+  if (bias && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
+                    bias->numel() == y.size(1),
+                "bias must be float32 with one value per output");
+    o.bias = bias->data_ptr<float>();
+  }
+  return o;
+}
+
+int64_t pad16(int64_t m) { return (m + 15) / 16 * 16; }
+
+torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
+                       const torch::Tensor& col, const torch::Tensor& val, int64_t bs, int64_t N,
+                       const c10::optional<torch::Tensor>& bias, int64_t act) {
+  check_x(x);
+  check_rows(row_ptr, N);
+  TORCH_CHECK(bs == 1 || bs == 4, "block size must be 1 or 4");
+  const Isa* isa = current();
+  const int64_t M = x.size(0), K = x.size(1), Mp = pad16(M);
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0) return y;
+  // 4-blocks may reach up to 3 columns past K: those rows of xt are zero.
+  const int64_t Kp = (K + 3) / 4 * 4;
+  float* xt = scratch<float>(Kp * Mp);
+  std::fill(xt + K * Mp, xt + Kp * Mp, 0.0f);
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  at::parallel_for(0, (K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+    isa->f32_prepare(xp, M, K, ldx, xt, Mp, b0 * 16, std::min(K, b1 * 16));
+  });
+  const obert::SpF32 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+                       val.data_ptr<float>(), (int)bs};
+  const obert::Out o = make_out(y, bias, act);
+  const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
+  const int64_t tiles = (Mp + isa->tok_tile - 1) / isa->tok_tile;
+  at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
+    isa->f32_spmm(xt, Mp, w, o, groups, i0, i1);
+  });
+  return y;
+}
+
+torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
+                      const torch::Tensor& col, const torch::Tensor& wq, const torch::Tensor& sw,
+                      const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
+                      int64_t act) {
+  check_x(x);
+  check_rows(row_ptr, N);
+  TORCH_CHECK(wq.scalar_type() == torch::kInt32 && sw.scalar_type() == torch::kFloat32 &&
+                  wsum.scalar_type() == torch::kInt32,
+              "int8 weights must be packed by obert.runtime.pack");
+  const Isa* isa = current();
+  const int64_t M = x.size(0), K = x.size(1), Mp = pad16(M), K4 = (K + 3) / 4;
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0) return y;
+  uint8_t* x4 = scratch<uint8_t>(K4 * Mp * 4 + Mp * sizeof(float) + 64);
+  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mp * 4 + 63) / 64 * 64);
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  at::parallel_for(0, Mp, 4, [&](int64_t m0, int64_t m1) {
+    isa->i8_prepare(xp, M, K, ldx, x4, Mp, sx, m0, m1);
+  });
+  const obert::SpI8 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+                      wq.data_ptr<int32_t>(), sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
+  const obert::Out o = make_out(y, bias, act);
+  const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
+  const int64_t tiles = (Mp + isa->tok_tile - 1) / isa->tok_tile;
+  at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
+    isa->i8_spmm(x4, Mp, sx, w, o, groups, i0, i1);
+  });
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "obert sparse CPU kernels (fp32 blocked CSR, int8 4-blocks)";
+  m.def("available_isas", &available, "instruction sets this CPU can run, fastest first");
+  m.def("isa", [] { return std::string(current()->name); }, "the instruction set in use");
+  m.def("set_isa", &set_isa, "use 'auto' or one of available_isas()");
+  m.def("spmm_f32", &spmm_f32, "y = x W^T + b with W in blocked CSR (fp32)", py::arg("x"),
+        py::arg("row_ptr"), py::arg("col"), py::arg("val"), py::arg("bs"), py::arg("n"),
+        py::arg("bias") = py::none(), py::arg("act") = 0);
+  m.def("spmm_i8", &spmm_i8, "y = x W^T + b with int8 4-blocks, dynamic per-token activations",
+        py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
+        py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0);
+}

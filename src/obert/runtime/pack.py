@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 ROW_GROUP = 16  # the kernels' output tile; rows are padded to a multiple of it
+COL_PAD = 16  # the kernels prefetch a few blocks ahead: col carries this many trailing zeros
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Packed:
 
     @property
     def nnz_blocks(self) -> int:
-        return int(self.col.numel())
+        return int(self.row_ptr[-1])
 
     @property
     def density(self) -> float:
@@ -47,6 +48,10 @@ def _blocks(weight: torch.Tensor, bs: int) -> torch.Tensor:
     pad = (-k) % bs
     w = torch.nn.functional.pad(weight, (0, pad)) if pad else weight
     return w.reshape(n, (k + pad) // bs, bs)
+
+
+def _col(kb: torch.Tensor, bs: int) -> torch.Tensor:
+    return torch.cat([kb * bs, torch.zeros(COL_PAD, dtype=kb.dtype)]).to(torch.int32)
 
 
 def _row_ptr(nz: torch.Tensor) -> torch.Tensor:
@@ -67,7 +72,7 @@ def pack_f32(weight: torch.Tensor, bs: int = 1) -> Packed:
     rows, kb = nz.nonzero(as_tuple=True)
     return Packed(
         out_features=w.shape[0], in_features=w.shape[1], bs=bs, row_ptr=_row_ptr(nz),
-        col=(kb * bs).to(torch.int32).contiguous(),
+        col=_col(kb, bs),
         val=blocks[rows, kb].reshape(-1).contiguous(),
     )
 
@@ -90,7 +95,7 @@ def pack_i8(weight: torch.Tensor) -> Packed:
     wq_blocks = blocks[rows, kb].contiguous()  # [nnz, 4] int8
     return Packed(
         out_features=w.shape[0], in_features=w.shape[1], bs=4, row_ptr=_row_ptr(nz),
-        col=(kb * 4).to(torch.int32).contiguous(),
+        col=_col(kb, 4),
         wq=wq_blocks.view(torch.int32).reshape(-1).contiguous(),
         sw=sw.contiguous(), wsum=wq.sum(1, dtype=torch.int32).contiguous(),
     )

@@ -12,9 +12,11 @@
 //         (little-endian, input col[j] in the low byte); per-row scales sw[n] and
 //         wsum[n] = sum of the row's int8 weights (for the unsigned-activation correction).
 //
-// Activation layouts built by the prepare functions (tokens padded to Mp, a multiple of 16):
-//   fp32: xt[k][Mp]          (transposed, tokens contiguous)
-//   int8: x4[k/4][Mp][4]     (uint8 = int8 + 128; 4 consecutive inputs of a token together),
+// Activation layouts built by the prepare functions, tile-major: tokens are cut into tiles of
+// T = Isa::tok_tile (the last one zero-padded) and each tile is contiguous, so a work item
+// reads one compact slab instead of rows a power-of-two stride apart (which alias in cache).
+//   fp32: xt[tile][Kp][T]        Kp = K rounded up to 4 (rows past K are zero)
+//   int8: x4[tile][K/4][T][4]    uint8 = int8 + 128, 4 consecutive inputs of a token together,
 //         with the per-token scale sx[m] = max|x[m,:]| / 127.
 #pragma once
 #include <cstdint>
@@ -48,16 +50,16 @@ struct Out {
 struct Isa {
   const char* name;
   int tok_tile;  // tokens per work item (a multiple of 16)
-  // xt[k][m] = x[m][k] for k in [k0, k1), m < Mp (zero for m >= M)
-  void (*f32_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+  // xt rows k in [k0, k1) of every tile (tokens >= M are zero); k0 is a multiple of 16
+  void (*f32_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Kp,
                       int64_t k0, int64_t k1);
   // y for token tile t and row group g, items [i0, i1) with item = t * n_groups + g
-  void (*f32_spmm)(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+  void (*f32_spmm)(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
                    int64_t i0, int64_t i1);
   // per-token quantisation of tokens [m0, m1) into x4 and sx (tokens >= M are zero)
-  void (*i8_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
-                     float* sx, int64_t m0, int64_t m1);
-  void (*i8_spmm)(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+  void (*i8_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, float* sx,
+                     int64_t m0, int64_t m1);
+  void (*i8_spmm)(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, const Out& o,
                   int64_t n_groups, int64_t i0, int64_t i1);
 };
 

@@ -94,34 +94,36 @@ inline void store_tile(const float* buf, int U, int64_t m0, int64_t n0, const Ou
   }
 }
 
-void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Kp,
                  int64_t k0, int64_t k1) {
   __m256 r[8];
+  const int64_t tiles = (M + kTok - 1) / kTok;
   for (int64_t kk = k0; kk < k1; kk += 8) {
     const int64_t kn = (k1 - kk) < 8 ? (k1 - kk) : 8;
     const __m256i km = lane_mask(kn);
-    for (int64_t mm = 0; mm < Mp; mm += 8) {
+    for (int64_t mm = 0; mm < tiles * kTok; mm += 8) {
       for (int i = 0; i < 8; ++i)
         r[i] = (mm + i < M) ? _mm256_maskload_ps(x + (mm + i) * ldx + kk, km) : _mm256_setzero_ps();
       tr8(r);
-      for (int64_t i = 0; i < kn; ++i) _mm256_storeu_ps(xt + (kk + i) * Mp + mm, r[i]);
+      float* dst = xt + ((mm / kTok) * Kp + kk) * kTok + mm % kTok;
+      for (int64_t i = 0; i < kn; ++i) _mm256_store_ps(dst + i * kTok, r[i]);
     }
   }
 }
 
 template <int U, int BS>
-void f32_tile(const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0, float* buf) {
+void f32_tile(const float* tile, const SpF32& w, int64_t n0, float* buf) {
   for (int r = 0; r < 16; ++r) {
     __m256 a[U];
     for (int u = 0; u < U; ++u) a[u] = _mm256_setzero_ps();
     const int32_t j1 = w.row_ptr[n0 + r + 1];
     for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
-      const float* xp = xt + (int64_t)w.col[j] * Mp + m0;
+      const float* xp = tile + (int64_t)w.col[j] * kTok;
       const float* v = w.val + (int64_t)j * BS;
       for (int b = 0; b < BS; ++b) {
         const __m256 vb = _mm256_broadcast_ss(v + b);
         for (int u = 0; u < U; ++u)
-          a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + b * Mp + 8 * u), vb, a[u]);
+          a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(xp + b * kTok + 8 * u), vb, a[u]);
       }
     }
     for (int u = 0; u < U; ++u) _mm256_store_ps(buf + r * kTok + 8 * u, a[u]);
@@ -129,33 +131,33 @@ void f32_tile(const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m
 }
 
 template <int BS>
-void f32_tile_any(int U, const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0,
-                  float* buf) {
+void f32_tile_any(int U, const float* tile, const SpF32& w, int64_t n0, float* buf) {
   switch (U) {
-    case 1: f32_tile<1, BS>(xt, Mp, w, n0, m0, buf); break;
-    case 2: f32_tile<2, BS>(xt, Mp, w, n0, m0, buf); break;
-    case 3: f32_tile<3, BS>(xt, Mp, w, n0, m0, buf); break;
-    default: f32_tile<4, BS>(xt, Mp, w, n0, m0, buf); break;
+    case 1: f32_tile<1, BS>(tile, w, n0, buf); break;
+    case 2: f32_tile<2, BS>(tile, w, n0, buf); break;
+    case 3: f32_tile<3, BS>(tile, w, n0, buf); break;
+    default: f32_tile<4, BS>(tile, w, n0, buf); break;
   }
 }
 
-void f32_spmm(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
               int64_t i0, int64_t i1) {
   alignas(32) float buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (Mp - m0) / 8;
+    const int64_t left = (o.M - m0 + 7) / 8;
     const int U = left < 4 ? (int)left : 4;
+    const float* tile = xt + (it / n_groups) * Kp * kTok;
     if (w.bs == 4)
-      f32_tile_any<4>(U, xt, Mp, w, n0, m0, buf);
+      f32_tile_any<4>(U, tile, w, n0, buf);
     else
-      f32_tile_any<1>(U, xt, Mp, w, n0, m0, buf);
+      f32_tile_any<1>(U, tile, w, n0, buf);
     store_tile(buf, U, m0, n0, o, [](__m256 v, int64_t, int) { return v; });
   }
 }
 
-void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
-                float* sx, int64_t m0, int64_t m1) {
+void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, float* sx,
+                int64_t m0, int64_t m1) {
   const int64_t K4 = (K + 3) / 4;
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   for (int64_t m = m0; m < m1; ++m) {
@@ -180,21 +182,21 @@ void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, 
       for (int i = 0; i < 2 && k / 4 + i < K4; ++i) {
         const uint32_t packed = (uint32_t)g[4 * i] | ((uint32_t)g[4 * i + 1] << 8) |
                                 ((uint32_t)g[4 * i + 2] << 16) | ((uint32_t)g[4 * i + 3] << 24);
-        *reinterpret_cast<uint32_t*>(x4 + ((k / 4 + i) * Mp + m) * 4) = packed;
+        *reinterpret_cast<uint32_t*>(x4 + (((m / kTok) * K4 + k / 4 + i) * kTok + m % kTok) * 4) = packed;
       }
     }
   }
 }
 
 template <int U>
-void i8_tile(const uint8_t* x4, int64_t Mp, const SpI8& w, int64_t n0, int64_t m0, int32_t* buf) {
+void i8_tile(const uint8_t* tile, const SpI8& w, int64_t n0, int32_t* buf) {
   const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
   for (int r = 0; r < 16; ++r) {
     __m256i a[U];
     for (int u = 0; u < U; ++u) a[u] = _mm256_setzero_si256();
     const int32_t j1 = w.row_ptr[n0 + r + 1];
     for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
-      const uint8_t* xp = x4 + ((int64_t)(w.col[j] >> 2) * Mp + m0) * 4;
+      const uint8_t* xp = tile + (int64_t)(w.col[j] >> 2) * kTok * 4;
       const __m256i wb = _mm256_set1_epi32(w.wq[j]);
       for (int u = 0; u < U; ++u) {
         const __m256i xs = _mm256_xor_si256(
@@ -208,18 +210,19 @@ void i8_tile(const uint8_t* x4, int64_t Mp, const SpI8& w, int64_t n0, int64_t m
   }
 }
 
-void i8_spmm(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, const Out& o,
              int64_t n_groups, int64_t i0, int64_t i1) {
   alignas(32) int32_t buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (Mp - m0) / 8;
+    const int64_t left = (o.M - m0 + 7) / 8;
     const int U = left < 4 ? (int)left : 4;
+    const uint8_t* tile = x4 + (it / n_groups) * K4 * kTok * 4;
     switch (U) {
-      case 1: i8_tile<1>(x4, Mp, w, n0, m0, buf); break;
-      case 2: i8_tile<2>(x4, Mp, w, n0, m0, buf); break;
-      case 3: i8_tile<3>(x4, Mp, w, n0, m0, buf); break;
-      default: i8_tile<4>(x4, Mp, w, n0, m0, buf); break;
+      case 1: i8_tile<1>(tile, w, n0, buf); break;
+      case 2: i8_tile<2>(tile, w, n0, buf); break;
+      case 3: i8_tile<3>(tile, w, n0, buf); break;
+      default: i8_tile<4>(tile, w, n0, buf); break;
     }
     __m256 sw[2];
     for (int h = 0; h < 2; ++h)

@@ -103,35 +103,37 @@ inline void store_tile(const float* buf, int U, int64_t m0, int64_t n0, const Ou
   }
 }
 
-void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Kp,
                  int64_t k0, int64_t k1) {
   __m512 r[16];
+  const int64_t tiles = (M + kTok - 1) / kTok;
   for (int64_t kk = k0; kk < k1; kk += 16) {
     const int64_t kn = (k1 - kk) < 16 ? (k1 - kk) : 16;
     const __mmask16 km = kn == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << kn) - 1u);
-    for (int64_t mm = 0; mm < Mp; mm += 16) {
+    for (int64_t mm = 0; mm < tiles * kTok; mm += 16) {
       for (int i = 0; i < 16; ++i)
         r[i] = (mm + i < M) ? _mm512_maskz_loadu_ps(km, x + (mm + i) * ldx + kk)
                             : _mm512_setzero_ps();
       tr16(r);
-      for (int64_t i = 0; i < kn; ++i) _mm512_storeu_ps(xt + (kk + i) * Mp + mm, r[i]);
+      float* dst = xt + ((mm / kTok) * Kp + kk) * kTok + mm % kTok;
+      for (int64_t i = 0; i < kn; ++i) _mm512_store_ps(dst + i * kTok, r[i]);
     }
   }
 }
 
 template <int U, int BS>
-void f32_tile(const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0, float* buf) {
+void f32_tile(const float* tile, const SpF32& w, int64_t n0, float* buf) {
   for (int r = 0; r < 16; ++r) {
     __m512 a[U];
     for (int u = 0; u < U; ++u) a[u] = _mm512_setzero_ps();
     const int32_t j1 = w.row_ptr[n0 + r + 1];
     for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
-      const float* xp = xt + (int64_t)w.col[j] * Mp + m0;
+      const float* xp = tile + (int64_t)w.col[j] * kTok;
       const float* v = w.val + (int64_t)j * BS;
       for (int b = 0; b < BS; ++b) {
         const __m512 vb = _mm512_set1_ps(v[b]);
         for (int u = 0; u < U; ++u)
-          a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + b * Mp + 16 * u), vb, a[u]);
+          a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(xp + b * kTok + 16 * u), vb, a[u]);
       }
     }
     for (int u = 0; u < U; ++u) _mm512_store_ps(buf + r * kTok + 16 * u, a[u]);
@@ -139,33 +141,33 @@ void f32_tile(const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m
 }
 
 template <int BS>
-void f32_tile_any(int U, const float* xt, int64_t Mp, const SpF32& w, int64_t n0, int64_t m0,
-                  float* buf) {
+void f32_tile_any(int U, const float* tile, const SpF32& w, int64_t n0, float* buf) {
   switch (U) {
-    case 1: f32_tile<1, BS>(xt, Mp, w, n0, m0, buf); break;
-    case 2: f32_tile<2, BS>(xt, Mp, w, n0, m0, buf); break;
-    case 3: f32_tile<3, BS>(xt, Mp, w, n0, m0, buf); break;
-    default: f32_tile<4, BS>(xt, Mp, w, n0, m0, buf); break;
+    case 1: f32_tile<1, BS>(tile, w, n0, buf); break;
+    case 2: f32_tile<2, BS>(tile, w, n0, buf); break;
+    case 3: f32_tile<3, BS>(tile, w, n0, buf); break;
+    default: f32_tile<4, BS>(tile, w, n0, buf); break;
   }
 }
 
-void f32_spmm(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
               int64_t i0, int64_t i1) {
   alignas(64) float buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (Mp - m0) / 16;
+    const int64_t left = (o.M - m0 + 15) / 16;
     const int U = left < 4 ? (int)left : 4;
+    const float* tile = xt + (it / n_groups) * Kp * kTok;
     if (w.bs == 4)
-      f32_tile_any<4>(U, xt, Mp, w, n0, m0, buf);
+      f32_tile_any<4>(U, tile, w, n0, buf);
     else
-      f32_tile_any<1>(U, xt, Mp, w, n0, m0, buf);
+      f32_tile_any<1>(U, tile, w, n0, buf);
     store_tile(buf, U, m0, n0, o, [](__m512 v, int64_t) { return v; });
   }
 }
 
-void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
-                float* sx, int64_t m0, int64_t m1) {
+void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, float* sx,
+                int64_t m0, int64_t m1) {
   const int64_t K4 = (K + 3) / 4;
   for (int64_t m = m0; m < m1; ++m) {
     float amax = 0.0f;
@@ -190,19 +192,19 @@ void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, 
       alignas(16) uint32_t g[4];
       _mm_store_si128(reinterpret_cast<__m128i*>(g), _mm512_cvtepi32_epi8(q));
       for (int i = 0; i < 4 && k / 4 + i < K4; ++i)
-        *reinterpret_cast<uint32_t*>(x4 + ((k / 4 + i) * Mp + m) * 4) = g[i];
+        *reinterpret_cast<uint32_t*>(x4 + (((m / kTok) * K4 + k / 4 + i) * kTok + m % kTok) * 4) = g[i];
     }
   }
 }
 
 template <int U>
-void i8_tile(const uint8_t* x4, int64_t Mp, const SpI8& w, int64_t n0, int64_t m0, int32_t* buf) {
+void i8_tile(const uint8_t* tile, const SpI8& w, int64_t n0, int32_t* buf) {
   for (int r = 0; r < 16; ++r) {
     __m512i a[U];
     for (int u = 0; u < U; ++u) a[u] = _mm512_setzero_si512();
     const int32_t j1 = w.row_ptr[n0 + r + 1];
     for (int32_t j = w.row_ptr[n0 + r]; j < j1; ++j) {
-      const uint8_t* xp = x4 + ((int64_t)(w.col[j] >> 2) * Mp + m0) * 4;
+      const uint8_t* xp = tile + (int64_t)(w.col[j] >> 2) * kTok * 4;
       const __m512i wb = _mm512_set1_epi32(w.wq[j]);
       for (int u = 0; u < U; ++u)
         a[u] = _mm512_dpbusd_epi32(a[u], _mm512_loadu_si512(xp + 64 * u), wb);
@@ -211,18 +213,19 @@ void i8_tile(const uint8_t* x4, int64_t Mp, const SpI8& w, int64_t n0, int64_t m
   }
 }
 
-void i8_spmm(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, const Out& o,
              int64_t n_groups, int64_t i0, int64_t i1) {
   alignas(64) int32_t buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (Mp - m0) / 16;
+    const int64_t left = (o.M - m0 + 15) / 16;
     const int U = left < 4 ? (int)left : 4;
+    const uint8_t* tile = x4 + (it / n_groups) * K4 * kTok * 4;
     switch (U) {
-      case 1: i8_tile<1>(x4, Mp, w, n0, m0, buf); break;
-      case 2: i8_tile<2>(x4, Mp, w, n0, m0, buf); break;
-      case 3: i8_tile<3>(x4, Mp, w, n0, m0, buf); break;
-      default: i8_tile<4>(x4, Mp, w, n0, m0, buf); break;
+      case 1: i8_tile<1>(tile, w, n0, buf); break;
+      case 2: i8_tile<2>(tile, w, n0, buf); break;
+      case 3: i8_tile<3>(tile, w, n0, buf); break;
+      default: i8_tile<4>(tile, w, n0, buf); break;
     }
     // acc over uint8 (x + 128) activations: subtract 128 * sum(w) to get the signed product.
     const __mmask16 mk = nmask(o, n0);

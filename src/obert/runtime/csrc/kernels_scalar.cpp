@@ -17,27 +17,29 @@ inline float finish(float acc, int64_t n, const Out& o) {
   return o.act == 1 ? gelu_ref(v) : v;
 }
 
-void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Mp,
+void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Kp,
                  int64_t k0, int64_t k1) {
-  for (int64_t k = k0; k < k1; ++k) {
-    float* dst = xt + k * Mp;
-    for (int64_t m = 0; m < M; ++m) dst[m] = x[m * ldx + k];
-    for (int64_t m = M; m < Mp; ++m) dst[m] = 0.0f;
-  }
+  const int64_t tiles = (M + kTok - 1) / kTok;
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t k = k0; k < k1; ++k) {
+      float* dst = xt + (t * Kp + k) * kTok;
+      for (int64_t j = 0; j < kTok; ++j) dst[j] = t * kTok + j < M ? x[(t * kTok + j) * ldx + k] : 0.0f;
+    }
 }
 
-void f32_spmm(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t n_groups,
+void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
               int64_t i0, int64_t i1) {
   float acc[kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, g = it % n_groups;
     const int64_t mt = (o.M - m0) < kTok ? (o.M - m0) : kTok;
+    const float* tile = xt + (it / n_groups) * Kp * kTok;
     for (int64_t n = g * kRowGroup; n < (g + 1) * kRowGroup && n < o.N; ++n) {
       std::memset(acc, 0, sizeof(acc));
       for (int32_t j = w.row_ptr[n]; j < w.row_ptr[n + 1]; ++j) {
         for (int b = 0; b < w.bs; ++b) {
           const float v = w.val[(int64_t)j * w.bs + b];
-          const float* xp = xt + (int64_t)(w.col[j] + b) * Mp + m0;
+          const float* xp = tile + (int64_t)(w.col[j] + b) * kTok;
           for (int t = 0; t < kTok; ++t) acc[t] += xp[t] * v;
         }
       }
@@ -46,8 +48,8 @@ void f32_spmm(const float* xt, int64_t Mp, const SpF32& w, const Out& o, int64_t
   }
 }
 
-void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, int64_t Mp,
-                float* sx, int64_t m0, int64_t m1) {
+void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, float* sx,
+                int64_t m0, int64_t m1) {
   const int64_t K4 = (K + 3) / 4;
   for (int64_t m = m0; m < m1; ++m) {
     float amax = 0.0f;
@@ -56,7 +58,7 @@ void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, 
     sx[m] = amax / 127.0f;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (int64_t kb = 0; kb < K4; ++kb) {
-      uint8_t* dst = x4 + (kb * Mp + m) * 4;
+      uint8_t* dst = x4 + (((m / kTok) * K4 + kb) * kTok + m % kTok) * 4;
       for (int i = 0; i < 4; ++i) {
         const int64_t k = kb * 4 + i;
         float q = (m < M && k < K) ? std::nearbyint(x[m * ldx + k] * inv) : 0.0f;
@@ -67,17 +69,18 @@ void i8_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, 
   }
 }
 
-void i8_spmm(const uint8_t* x4, int64_t Mp, const float* sx, const SpI8& w, const Out& o,
+void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, const Out& o,
              int64_t n_groups, int64_t i0, int64_t i1) {
   int32_t acc[kTok];
   for (int64_t it = i0; it < i1; ++it) {
     const int64_t m0 = (it / n_groups) * kTok, g = it % n_groups;
     const int64_t mt = (o.M - m0) < kTok ? (o.M - m0) : kTok;
+    const uint8_t* tile = x4 + (it / n_groups) * K4 * kTok * 4;
     for (int64_t n = g * kRowGroup; n < (g + 1) * kRowGroup && n < o.N; ++n) {
       std::memset(acc, 0, sizeof(acc));
       for (int32_t j = w.row_ptr[n]; j < w.row_ptr[n + 1]; ++j) {
         const int8_t* wb = reinterpret_cast<const int8_t*>(w.wq + j);
-        const uint8_t* xp = x4 + ((int64_t)(w.col[j] / 4) * Mp + m0) * 4;
+        const uint8_t* xp = tile + (int64_t)(w.col[j] / 4) * kTok * 4;
         for (int t = 0; t < kTok; ++t)
           for (int i = 0; i < 4; ++i) acc[t] += ((int32_t)xp[t * 4 + i] - 128) * wb[i];
       }

@@ -100,8 +100,6 @@ obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, 
   return o;
 }
 
-int64_t pad16(int64_t m) { return (m + 15) / 16 * 16; }
-
 torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
                        const torch::Tensor& col, const torch::Tensor& val, int64_t bs, int64_t N,
                        const c10::optional<torch::Tensor>& bias, int64_t act) {
@@ -109,25 +107,24 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
   check_rows(row_ptr, N);
   TORCH_CHECK(bs == 1 || bs == 4, "block size must be 1 or 4");
   const Isa* isa = current();
-  const int64_t M = x.size(0), K = x.size(1), Mp = pad16(M);
+  const int64_t M = x.size(0), K = x.size(1), T = isa->tok_tile, tiles = (M + T - 1) / T;
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
-  // 4-blocks may reach up to 3 columns past K: those rows of xt are zero.
+  // 4-blocks may reach up to 3 columns past K: those rows of each tile are zero.
   const int64_t Kp = (K + 3) / 4 * 4;
-  float* xt = scratch<float>(Kp * Mp);
-  std::fill(xt + K * Mp, xt + Kp * Mp, 0.0f);
+  float* xt = scratch<float>(tiles * Kp * T);
+  for (int64_t t = 0; t < tiles; ++t) std::fill(xt + (t * Kp + K) * T, xt + (t + 1) * Kp * T, 0.0f);
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
   at::parallel_for(0, (K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
-    isa->f32_prepare(xp, M, K, ldx, xt, Mp, b0 * 16, std::min(K, b1 * 16));
+    isa->f32_prepare(xp, M, K, ldx, xt, Kp, b0 * 16, std::min(K, b1 * 16));
   });
   const obert::SpF32 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                        val.data_ptr<float>(), (int)bs};
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
-  const int64_t tiles = (Mp + isa->tok_tile - 1) / isa->tok_tile;
   at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
-    isa->f32_spmm(xt, Mp, w, o, groups, i0, i1);
+    isa->f32_spmm(xt, Kp, w, o, groups, i0, i1);
   });
   return y;
 }
@@ -142,23 +139,23 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
                   wsum.scalar_type() == torch::kInt32,
               "int8 weights must be packed by obert.runtime.pack");
   const Isa* isa = current();
-  const int64_t M = x.size(0), K = x.size(1), Mp = pad16(M), K4 = (K + 3) / 4;
+  const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
+  const int64_t Mt = (M + T - 1) / T * T;  // tokens in whole tiles
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
-  uint8_t* x4 = scratch<uint8_t>(K4 * Mp * 4 + Mp * sizeof(float) + 64);
-  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mp * 4 + 63) / 64 * 64);
+  uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
+  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
-  at::parallel_for(0, Mp, 4, [&](int64_t m0, int64_t m1) {
-    isa->i8_prepare(xp, M, K, ldx, x4, Mp, sx, m0, m1);
+  at::parallel_for(0, Mt, 4, [&](int64_t m0, int64_t m1) {
+    isa->i8_prepare(xp, M, K, ldx, x4, sx, m0, m1);
   });
   const obert::SpI8 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                       wq.data_ptr<int32_t>(), sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
-  const int64_t tiles = (Mp + isa->tok_tile - 1) / isa->tok_tile;
-  at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
-    isa->i8_spmm(x4, Mp, sx, w, o, groups, i0, i1);
+  at::parallel_for(0, (Mt / T) * groups, 1, [&](int64_t i0, int64_t i1) {
+    isa->i8_spmm(x4, K4, sx, w, o, groups, i0, i1);
   });
   return y;
 }

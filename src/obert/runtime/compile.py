@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .modules import DenseAct, SparseLinear, dynamic_int8
+from .modules import DenseAct, FusedPart, FusedProjections, SparseLinear, dynamic_int8
+from .pack import pack_f32, pack_i8
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
 # machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs fbgemm.
@@ -30,6 +31,7 @@ class LayerChoice:
     engine: str  # sparse-fp32 | sparse-int8 | dense-fp32 | dense-int8
     block: int  # 1 or 4 for sparse engines, 0 for dense
     gelu_fused: bool = False
+    qkv_fused: bool = False
 
 
 def weight_stats(weight: torch.Tensor) -> tuple[float, float]:
@@ -69,6 +71,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     *,
     max_density: float | None = None,
     fuse_gelu: bool = True,
+    fuse_qkv: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
@@ -77,7 +80,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     "int8" runs sparse layers on int8 4-block kernels (per-row weight scales, per-token dynamic
     activation scales) and the rest on PyTorch's dynamic INT8. A Linear goes sparse when the
     fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY[dtype]).
-    The choices are in `model.obert_layers` (a list of LayerChoice).
+    The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
+    exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
+    attention's query/key/value, when all three go sparse, run as one kernel call (`fuse_qkv`).
     """
     if dtype not in MAX_DENSITY:
         raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
@@ -85,7 +90,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         model = copy.deepcopy(model)
     model.eval()
     model.requires_grad_(False)
-    choices: list[LayerChoice] = []
+    choices = _fuse_qkv(model, dtype, max_density) if fuse_qkv else []
     parents = dict(model.named_modules())
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
@@ -108,6 +113,38 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         choices.append(c)
     model.obert_layers = choices
     return model
+
+
+QKV = ("query", "key", "value")
+
+
+def _fuse_qkv(model: nn.Module, dtype: str, max_density: float | None) -> list[LayerChoice]:
+    """Replace query/key/value Linears that all go sparse by parts of one fused kernel call."""
+    choices = []
+    for pname, parent in list(model.named_modules()):
+        lins = [getattr(parent, a, None) for a in QKV]
+        if not all(isinstance(lin, nn.Linear) for lin in lins):
+            continue
+        cs = [choose(f"{pname}.{a}" if pname else a, lin, dtype, max_density)
+              for a, lin in zip(QKV, lins, strict=True)]
+        if any(not c.engine.startswith("sparse") for c in cs) or len({c.block for c in cs}) != 1:
+            continue
+        if len({lin.in_features for lin in lins}) != 1:
+            continue
+        weight = torch.cat([lin.weight.detach() for lin in lins])
+        biases = [lin.bias for lin in lins]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach() if b is not None else torch.zeros(lin.out_features)
+             for b, lin in zip(biases, lins, strict=True)])
+        packed = pack_f32(weight, cs[0].block) if dtype == "fp32" else pack_i8(weight)
+        fused = FusedProjections(SparseLinear(packed, bias, dtype),
+                                 [lin.out_features for lin in lins])
+        parent.qkv_fused = fused
+        for i, (a, c) in enumerate(zip(QKV, cs, strict=True)):
+            setattr(parent, a, FusedPart(fused, i))
+            c.qkv_fused = True
+        choices += cs
+    return choices
 
 
 def summary(model: nn.Module) -> dict:

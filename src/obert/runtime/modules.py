@@ -64,6 +64,53 @@ class SparseLinear(nn.Module):
                 f"{self.dtype_name}, block={self.bs}, density={self.density:.3f}, act={self.act}")
 
 
+class FusedProjections(nn.Module):
+    """Sibling projections of one input (attention's query, key, value) as one kernel call.
+
+    The activations are laid out once and the kernel sees one wide matrix. Each projection is a
+    `FusedPart` whose call returns its slice; the parts must be called with the same tensor
+    (as attention does), and a new input, or the same one modified in place, recomputes.
+    """
+
+    def __init__(self, linear: SparseLinear, sizes: list[int]):
+        super().__init__()
+        self.linear, self.sizes = linear, list(sizes)
+        self.bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._version = -1
+        self._left = 0
+
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        # inference tensors carry no version counter; attention never edits its input anyway
+        version = -2 if x.is_inference() else x._version
+        if self._x is not x or self._version != version or self._left == 0:
+            self._x, self._version = x, version
+            self._y = self.linear(x)
+            self._left = len(self.sizes)
+        y = self._y[..., self.bounds[i]:self.bounds[i + 1]]
+        self._left -= 1
+        if self._left == 0:  # all parts served: drop the references
+            self._x = self._y = None
+        return y
+
+
+class FusedPart(nn.Module):
+    """One projection of a `FusedProjections` (registered once, on the parent)."""
+
+    def __init__(self, fused: FusedProjections, index: int):
+        super().__init__()
+        object.__setattr__(self, "fused", fused)  # not a child: avoid three copies in state_dict
+        self.index = index
+        self.out_features = fused.sizes[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"part {self.index} of the fused projection, out_features={self.out_features}"
+
+
 class DenseAct(nn.Module):
     """A kept-dense linear whose activation was fused away from its parent: act(linear(x))."""
 

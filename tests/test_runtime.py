@@ -186,12 +186,21 @@ def test_compile_fp32_matches_pytorch(tiny_model_dir: Path, bs: int) -> None:
     assert all(layer.block == bs for layer in c.obert_layers if layer.engine == "sparse-fp32")
     inter = c.bert.encoder.layer[0].intermediate
     assert isinstance(inter.intermediate_act_fn, nn.Identity) and inter.dense.act == "gelu"
+    attn = c.bert.encoder.layer[0].attention.self
+    assert attn.qkv_fused.linear.out_features == 3 * 32  # query, key, value in one call
+    assert sum(layer.qkv_fused for layer in c.obert_layers) == 6
+    unfused = rt.compile(m, "fp32", fuse_qkv=False, fuse_gelu=False)
+    assert isinstance(unfused.bert.encoder.layer[0].attention.self.query, rt.SparseLinear)
     x = torch.randint(1000, 3000, (3, 23))
     mask = torch.ones_like(x)
     mask[1, 15:] = 0  # padding goes through the kernels like any token
     with torch.inference_mode():
-        ref, out = m(input_ids=x, attention_mask=mask).logits, c(input_ids=x, attention_mask=mask).logits
-    assert (out - ref).abs().max().item() < 1e-4
+        ref = m(input_ids=x, attention_mask=mask).logits
+        for compiled in (c, unfused):
+            out = compiled(input_ids=x, attention_mask=mask).logits
+            assert (out - ref).abs().max().item() < 1e-4
+    with torch.no_grad():  # outside inference mode too (version-counted tensors)
+        assert (c(input_ids=x, attention_mask=mask).logits - ref).abs().max().item() < 1e-4
 
 
 def test_compile_int8_and_density_threshold(tiny_model_dir: Path) -> None:

@@ -12,6 +12,8 @@
 namespace obert {
 namespace {
 
+#include "tiling.h"
+
 constexpr int kTok = 32;  // tokens per work item: 4 vectors of 8
 
 inline void tr8(__m256 r[8]) {
@@ -130,29 +132,19 @@ void f32_tile(const float* tile, const SpF32& w, int64_t n0, float* buf) {
   }
 }
 
-template <int BS>
-void f32_tile_any(int U, const float* tile, const SpF32& w, int64_t n0, float* buf) {
-  switch (U) {
-    case 1: f32_tile<1, BS>(tile, w, n0, buf); break;
-    case 2: f32_tile<2, BS>(tile, w, n0, buf); break;
-    case 3: f32_tile<3, BS>(tile, w, n0, buf); break;
-    default: f32_tile<4, BS>(tile, w, n0, buf); break;
-  }
-}
-
 void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
               int64_t i0, int64_t i1) {
   alignas(32) float buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
-    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (o.M - m0 + 7) / 8;
-    const int U = left < 4 ? (int)left : 4;
-    const float* tile = xt + (it / n_groups) * Kp * kTok;
-    if (w.bs == 4)
-      f32_tile_any<4>(U, tile, w, n0, buf);
-    else
-      f32_tile_any<1>(U, tile, w, n0, buf);
-    store_tile(buf, U, m0, n0, o, [](__m256 v, int64_t, int) { return v; });
+    const Item t = item_at<kTok, 8>(it, n_groups, o.M);
+    const float* tile = xt + t.tile * Kp * kTok;
+    with_u(t.U, [&](auto u) {
+      if (w.bs == 4)
+        f32_tile<decltype(u)::value, 4>(tile, w, t.n0, buf);
+      else
+        f32_tile<decltype(u)::value, 1>(tile, w, t.n0, buf);
+    });
+    store_tile(buf, t.U, t.m0, t.n0, o, [](__m256 v, int64_t, int) { return v; });
   }
 }
 
@@ -214,21 +206,16 @@ void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, cons
              int64_t n_groups, int64_t i0, int64_t i1) {
   alignas(32) int32_t buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
-    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (o.M - m0 + 7) / 8;
-    const int U = left < 4 ? (int)left : 4;
-    const uint8_t* tile = x4 + (it / n_groups) * K4 * kTok * 4;
-    switch (U) {
-      case 1: i8_tile<1>(tile, w, n0, buf); break;
-      case 2: i8_tile<2>(tile, w, n0, buf); break;
-      case 3: i8_tile<3>(tile, w, n0, buf); break;
-      default: i8_tile<4>(tile, w, n0, buf); break;
-    }
+    const Item t = item_at<kTok, 8>(it, n_groups, o.M);
+    const uint8_t* tile = x4 + t.tile * K4 * kTok * 4;
+    with_u(t.U, [&](auto u) { i8_tile<decltype(u)::value>(tile, w, t.n0, buf); });
     __m256 sw[2];
     for (int h = 0; h < 2; ++h)
-      sw[h] = n0 + 8 * h < o.N ? _mm256_maskload_ps(w.sw + n0 + 8 * h, lane_mask(o.N - n0 - 8 * h))
-                               : _mm256_setzero_ps();
-    store_tile(reinterpret_cast<const float*>(buf), U, m0, n0, o, [&](__m256 v, int64_t m, int h) {
+      sw[h] = t.n0 + 8 * h < o.N
+                  ? _mm256_maskload_ps(w.sw + t.n0 + 8 * h, lane_mask(o.N - t.n0 - 8 * h))
+                  : _mm256_setzero_ps();
+    const float* acc = reinterpret_cast<const float*>(buf);
+    store_tile(acc, t.U, t.m0, t.n0, o, [&](__m256 v, int64_t m, int h) {
       return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(v)),
                            _mm256_mul_ps(sw[h], _mm256_set1_ps(sx[m])));
     });

@@ -11,6 +11,8 @@
 namespace obert {
 namespace {
 
+#include "tiling.h"
+
 constexpr int kTok = 64;  // tokens per work item: 4 vectors of 16
 
 // 16x16 transpose of r[0..15] (row i -> column i), in place.
@@ -140,29 +142,19 @@ void f32_tile(const float* tile, const SpF32& w, int64_t n0, float* buf) {
   }
 }
 
-template <int BS>
-void f32_tile_any(int U, const float* tile, const SpF32& w, int64_t n0, float* buf) {
-  switch (U) {
-    case 1: f32_tile<1, BS>(tile, w, n0, buf); break;
-    case 2: f32_tile<2, BS>(tile, w, n0, buf); break;
-    case 3: f32_tile<3, BS>(tile, w, n0, buf); break;
-    default: f32_tile<4, BS>(tile, w, n0, buf); break;
-  }
-}
-
 void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
               int64_t i0, int64_t i1) {
   alignas(64) float buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
-    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (o.M - m0 + 15) / 16;
-    const int U = left < 4 ? (int)left : 4;
-    const float* tile = xt + (it / n_groups) * Kp * kTok;
-    if (w.bs == 4)
-      f32_tile_any<4>(U, tile, w, n0, buf);
-    else
-      f32_tile_any<1>(U, tile, w, n0, buf);
-    store_tile(buf, U, m0, n0, o, [](__m512 v, int64_t) { return v; });
+    const Item t = item_at<kTok, 16>(it, n_groups, o.M);
+    const float* tile = xt + t.tile * Kp * kTok;
+    with_u(t.U, [&](auto u) {
+      if (w.bs == 4)
+        f32_tile<decltype(u)::value, 4>(tile, w, t.n0, buf);
+      else
+        f32_tile<decltype(u)::value, 1>(tile, w, t.n0, buf);
+    });
+    store_tile(buf, t.U, t.m0, t.n0, o, [](__m512 v, int64_t) { return v; });
   }
 }
 
@@ -217,21 +209,14 @@ void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, cons
              int64_t n_groups, int64_t i0, int64_t i1) {
   alignas(64) int32_t buf[16 * kTok];
   for (int64_t it = i0; it < i1; ++it) {
-    const int64_t m0 = (it / n_groups) * kTok, n0 = (it % n_groups) * kRowGroup;
-    const int64_t left = (o.M - m0 + 15) / 16;
-    const int U = left < 4 ? (int)left : 4;
-    const uint8_t* tile = x4 + (it / n_groups) * K4 * kTok * 4;
-    switch (U) {
-      case 1: i8_tile<1>(tile, w, n0, buf); break;
-      case 2: i8_tile<2>(tile, w, n0, buf); break;
-      case 3: i8_tile<3>(tile, w, n0, buf); break;
-      default: i8_tile<4>(tile, w, n0, buf); break;
-    }
+    const Item t = item_at<kTok, 16>(it, n_groups, o.M);
+    const uint8_t* tile = x4 + t.tile * K4 * kTok * 4;
+    with_u(t.U, [&](auto u) { i8_tile<decltype(u)::value>(tile, w, t.n0, buf); });
     // acc over uint8 (x + 128) activations: subtract 128 * sum(w) to get the signed product.
-    const __mmask16 mk = nmask(o, n0);
-    const __m512i corr = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mk, w.wsum + n0), 7);
-    const __m512 sw = _mm512_maskz_loadu_ps(mk, w.sw + n0);
-    store_tile(reinterpret_cast<const float*>(buf), U, m0, n0, o, [&](__m512 v, int64_t m) {
+    const __mmask16 mk = nmask(o, t.n0);
+    const __m512i corr = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mk, w.wsum + t.n0), 7);
+    const __m512 sw = _mm512_maskz_loadu_ps(mk, w.sw + t.n0);
+    store_tile(reinterpret_cast<const float*>(buf), t.U, t.m0, t.n0, o, [&](__m512 v, int64_t m) {
       const __m512i acc = _mm512_sub_epi32(_mm512_castps_si512(v), corr);
       return _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(sw, _mm512_set1_ps(sx[m])));
     });

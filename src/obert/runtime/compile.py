@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from .modules import DenseAct, FusedPart, FusedProjections, SparseLinear, dynamic_int8
-from .pack import pack_f32, pack_i8
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
 # machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs fbgemm.
@@ -136,8 +135,7 @@ def _fuse_qkv(model: nn.Module, dtype: str, max_density: float | None) -> list[L
         bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(lin.out_features)
              for b, lin in zip(biases, lins, strict=True)])
-        packed = pack_f32(weight, cs[0].block) if dtype == "fp32" else pack_i8(weight)
-        fused = FusedProjections(SparseLinear(packed, bias, dtype),
+        fused = FusedProjections(SparseLinear.from_weight(weight, bias, dtype, cs[0].block),
                                  [lin.out_features for lin in lins])
         parent.qkv_fused = fused
         for i, (a, c) in enumerate(zip(QKV, cs, strict=True)):

@@ -38,10 +38,17 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", b)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: str, bs: int = 4, act: str = "none"):
-        w = linear.weight.detach()
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str,
+                    bs: int = 4, act: str = "none") -> SparseLinear:
+        """Pack a dense [out, in] weight with exact zeros (INT8: always 4-blocks)."""
+        w = weight.detach()
         packed = pack_f32(w, bs) if dtype == "fp32" else pack_i8(w)
-        return cls(packed, linear.bias, dtype, act)
+        return cls(packed, bias, dtype, act)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, dtype: str, bs: int = 4,
+                    act: str = "none") -> SparseLinear:
+        return cls.from_weight(linear.weight, linear.bias, dtype, bs, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

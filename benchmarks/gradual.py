@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import HERE, OBERT, log, thread_env
+from _bench import HERE, OBERT, log, run_and_report, thread_env
 
 
 def recipe(epochs: float, target: float | None, method: str, num_grads: int, damp: float,
@@ -204,15 +204,9 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny settings, to check the script")
     a = ap.parse_args()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     if a.smoke:
         a.train_rows, a.teacher_epochs, a.epochs, a.num_grads = 256, 1.0, 1.0, 4
-    if not a.report_only:
-        data = run(a)
-        (out / "gradual.json").write_text(json.dumps(data, indent=2) + "\n")
-    report(json.loads((out / "gradual.json").read_text()), out)
-    print((out / "gradual.md").read_text())
+    run_and_report(Path(a.out), "gradual", None if a.report_only else lambda: run(a), report)
 
 
 if __name__ == "__main__":

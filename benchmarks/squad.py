@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import HERE, OBERT, log, thread_env
+from _bench import HERE, OBERT, log, run_and_report, thread_env
 
 
 def step(a, name: str, args: list[str], out: Path) -> dict:
@@ -133,17 +133,11 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny settings, to check the script")
     a = ap.parse_args()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     if a.smoke:
         a.train_rows, a.heldout, a.seq_len, a.doc_stride = 48, 1, 128, 48
         a.epochs, a.num_grads, a.r8_grads, a.gradual_epochs = 0.5, 4, 2, 0.5
         a.sparsities = [0.5]
-    if not a.report_only:
-        data = run(a)
-        (out / "squad.json").write_text(json.dumps(data, indent=2) + "\n")
-    report(json.loads((out / "squad.json").read_text()), out)
-    print((out / "squad.md").read_text())
+    run_and_report(Path(a.out), "squad", None if a.report_only else lambda: run(a), report)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ from obert.data.tasks import get_task
 from obert.data.tokenize import batches, encode
 from obert.demo import default_model
 from obert.models import load_classifier, load_tokenizer
+from obert.pruning.config import FisherConfig, StepConfig
 from obert.pruning.gradients import collect_grads
-from obert.pruning.oneshot import OneShotConfig, oneshot_prune
+from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import MagnitudePruner, OBSPruner
+from obert.pruning.step import pruning_step
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate
 from obert.training.finetune import FinetuneConfig, finetune
@@ -70,12 +72,16 @@ def score(model, enc, tok, task) -> float:
     return evaluate(model, enc, tok, task, quiet=True)[task.main_metric]
 
 
+def _masks(model) -> MaskSet:
+    return MaskSet({n: m.weight for n, m in find_targets(model).items()})
+
+
 def tune(model, task, tok, enc, grid_m, grid_damp, block, quiet) -> tuple[list[dict], dict]:
     """m × λ grid on the held-out slice: one gradient pass, branching at each m."""
     targets = find_targets(model)
     weights = {n: m.weight for n, m in targets.items()}
     dense = {n: w.detach().clone() for n, w in weights.items()}
-    pruner = OBSPruner({n: w.data for n, w in weights.items()}, block_size=block)
+    pruner = OBSPruner(MaskSet(weights), block_size=block)
     pruner.begin()
     loader = batches(enc["train"], tok, 16, seed=0)
     grads = collect_grads(model, weights, loader, max(grid_m), quiet)
@@ -89,7 +95,7 @@ def tune(model, task, tok, enc, grid_m, grid_damp, block, quiet) -> tuple[list[d
             finv = pruner.fisher_inv(damp, keep=True)
             row = {"m": i, "damp": damp}
             for s in (0.5, 0.7):
-                p = OBSPruner({n: w.data for n, w in weights.items()}, block_size=block)
+                p = OBSPruner(MaskSet(weights), block_size=block)
                 p.load_fisher_inv(finv)
                 p.step(s)
                 row[f"holdout@{s:.0%}"] = score(model, enc["hold"], tok, task)
@@ -118,13 +124,12 @@ def run_task(name: str, args) -> dict:
     for s in args.sparsities:
         # magnitude
         pruned = copy.deepcopy(model)
-        MagnitudePruner({n: m.weight.data for n, m in find_targets(pruned).items()}).step(s)
+        MagnitudePruner(_masks(pruned)).step(s)
         results.append({"method": "magnitude", "sparsity": s,
                         "dev": score(pruned, enc["dev"], tok, task)})
         # oBERT r = 1: the dense Fisher from the tuning pass, at the chosen m and λ
         pruned = copy.deepcopy(model)
-        pw = {n: m.weight.data for n, m in find_targets(pruned).items()}
-        p = OBSPruner(pw, block_size=args.block_size, damp=best["damp"])
+        p = OBSPruner(_masks(pruned), block_size=args.block_size, damp=best["damp"])
         p.load_fisher_state(best["state"])
         p.step(s)
         results.append({"method": "obert r=1", "sparsity": s,
@@ -132,11 +137,11 @@ def run_task(name: str, args) -> dict:
         # oBERT r = 8: fresh gradients at the updated weights before each of 8 sub-steps
         if args.r8_grads:
             pruned = copy.deepcopy(model)
-            cfg = OneShotConfig(sparsity=s, num_grads=args.r8_grads, damp=best["damp"],
-                                fisher_block_size=args.block_size, recomputations=8)
+            cfg = StepConfig(recomputations=8, fisher=FisherConfig(
+                num_grads=args.r8_grads, damp=best["damp"], block_size=args.block_size))
             t0 = time.time()
-            oneshot_prune(pruned, cfg, batches(enc["train"], tok, 16, seed=1), quiet=args.quiet,
-                          log=lambda _: None)
+            pruning_step(pruned, _masks(pruned), cfg, s, batches(enc["train"], tok, 16, seed=1),
+                         log=lambda _: None, quiet=args.quiet)
             results.append({"method": "obert r=8", "sparsity": s,
                             "dev": score(pruned, enc["dev"], tok, task),
                             "wall_s": time.time() - t0})

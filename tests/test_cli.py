@@ -29,12 +29,13 @@ SST2_DEV_ROWS = 872
 # One-shot variants of the round trip: extra CLI flags, group size k.
 PRUNE_VARIANTS: dict[str, tuple[list[str], int]] = {
     "obert": (["--method", "obert", "--num-grads", "8", "--grad-batch-size", "4"], 1),
+    # no --fisher-block-size: oBERT takes the paper's B = 32 for 4-blocks, magnitude needs none
     "obert-block4": (
-        ["--method", "obert", "--num-grads", "8", "--grad-batch-size", "4",
-         "--mask", "block4", "--fisher-block-size", "32"],
+        ["--method", "obert", "--num-grads", "8", "--grad-batch-size", "4", "--mask", "block4"],
         4,
     ),
     "magnitude": (["--method", "magnitude"], 1),
+    "magnitude-block4": (["--method", "magnitude", "--mask", "block4"], 4),
 }
 
 
@@ -115,9 +116,9 @@ def test_oneshot_sparsity_report(pruned: dict[str, Path], variant: str) -> None:
     assert s["sparsity"] == 0.5
     assert s["mask"] == ("block4" if k == 4 else "unstructured")
     if method == "obert":
-        assert s["num_grads"] == 8 and s["grad_batch_size"] == 4
+        assert s["fisher"]["num_grads"] == 8 and s["fisher"]["grad_batch_size"] == 4
         assert s["fisher_block_size"] == (32 if k == 4 else 50)
-        assert s["damp"] == pytest.approx(1e-7)
+        assert s["fisher"]["damp"] == pytest.approx(1e-7)
     assert s["max_seq_length"] == 128 and s["scope"] == "global"
     assert info["source_model"].endswith("finetuned")
     assert info["data"]["task"] == "sst2"
@@ -259,7 +260,7 @@ BAD_INPUTS: dict[str, tuple[str, str]] = {
                            "--max-fisher-memory 1e-9 --num-grads 8 --max-train-samples 16 "
                            "--output {out}", "over --max-fisher-memory"),
     "unknown-method": ("oneshot --model {model} --task sst2 --data-dir {glue} --sparsity 0.5 "
-                       "--method random --output {out}", "--method 'random' is unknown"),
+                       "--method random --output {out}", "--method 'random' is not one of"),
     "missing-sparsity": ("oneshot --model {model} --task sst2 --data-dir {glue} --output {out}",
                          "required: --sparsity"),
     "no-such-model": ("oneshot --model {tmp}/no-model --task sst2 --data-dir {glue} "

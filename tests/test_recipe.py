@@ -109,7 +109,8 @@ def test_scaled_rule_properties(epochs):
     assert len(scaled_recipe(0.8, 30).pruning.targets()) == 3
     assert len(scaled_recipe(0.9, 30).pruning.targets()) == 6
     assert len(scaled_recipe(0.97, 30).pruning.targets()) == 12
-    assert scaled_recipe(0.9, 30, mask="block4").pruning.fisher.block_size == 32
+    assert scaled_recipe(0.9, 30, mask="block4").pruning.block_size == 32
+    assert scaled_recipe(0.9, 30).pruning.block_size == 50
 
 
 def test_recipe_command_prints_loadable_yaml(capsys, tmp_path):
@@ -128,7 +129,10 @@ def test_recipe_command_prints_loadable_yaml(capsys, tmp_path):
     ({"batch_size": 3.5}, "batch_size must be an integer"),
     ({"pruning": {"final_sparsity": 1.2}}, "pruning.final_sparsity = 1.2 is outside"),
     ({"pruning": {"method": "movement"}}, "pruning.method = 'movement' is not one of"),
-    ({"pruning": {"mask": "block4"}}, "pruning.fisher.block_size = 50 must be a positive multiple"),
+    ({"pruning": {"mask": "block4", "fisher": {"block_size": 50}}},
+     "pruning.fisher.block_size = 50 must be a positive multiple"),
+    ({"pruning": {"fisher": {"num_grads": 0}}}, "pruning.fisher.num_grads = 0 must be"),
+    ({"targets": {"include": ["["]}}, "targets.include: '\\[' is not a valid regex"),
     ({"pruning": {"end_epoch": 40}}, "pruning.end_epoch = 40.0 is past epochs"),
     ({"distillation": {"hardness": 2}}, "distillation.hardness = 2.0 is outside"),
     ({"lr": "fast"}, "lr must be a mapping"),
@@ -137,6 +141,14 @@ def test_recipe_command_prints_loadable_yaml(capsys, tmp_path):
 def test_validation_names_the_key(patch, key):
     with pytest.raises(RecipeError, match="recipe key " + key.replace("(", r"\(")):
         recipe_from_dict(patch)
+
+
+def test_block4_takes_the_papers_block_and_magnitude_ignores_the_fisher():
+    r = recipe_from_dict({"pruning": {"mask": "block4"}})
+    assert r.pruning.fisher.block_size is None and r.pruning.block_size == 32
+    r = recipe_from_dict({"pruning": {"method": "magnitude", "mask": "block4",
+                                      "fisher": {"block_size": 50}}})
+    assert r.pruning.method == "magnitude"
 
 
 def test_yaml_number_without_dot_and_null_pruning():

@@ -53,16 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("oneshot", help="one-shot pruning (oBERT or magnitude)")
     _data_args(p)
     _output_args(p)
-    p.add_argument("--sparsity", type=float, required=True, help="fraction of weights removed")
-    p.add_argument("--method", default="obert", help="obert or magnitude")
-    p.add_argument("--mask", default="unstructured", help="unstructured or block4")
-    p.add_argument("--fisher-block-size", type=int, default=50, help="B (paper: 50; 32 for block4)")
+    p.add_argument("--sparsity", type=float, nargs="+", required=True,
+                   help="fraction of weights removed; several (e.g. 0.5 0.7 0.8) share one "
+                   "Fisher and write OUTPUT/sparsity-0.50/, ...")
+    p.add_argument("--method", default="obert", help="obert or magnitude (default: obert)")
+    p.add_argument("--mask", default="unstructured",
+                   help="unstructured or block4 (default: unstructured)")
+    p.add_argument("--fisher-block-size", type=int,
+                   help="B (default: the paper's, 50 unstructured, 32 block4)")
     p.add_argument("--num-grads", type=int, default=1024, help="m gradients for the Fisher")
     p.add_argument("--damp", type=float, default=1e-7, help="λ, the Fisher dampening")
     p.add_argument("--grad-batch-size", type=int, help="default 16 (GLUE) or 8 (squad)")
     p.add_argument("--recomputations", type=int, default=1, help="r Fisher re-estimates")
     p.add_argument("--scope", default="global", help="global or layer")
-    p.add_argument("--max-fisher-memory", type=float, help="refuse a Fisher over this many GB")
+    p.add_argument("--max-fisher-memory", type=float,
+                   help="refuse a Fisher over this many GB per rank")
     p.add_argument("--include", action="append", default=[], help="regex of extra modules")
     p.add_argument("--exclude", action="append", default=[], help="regex of modules to skip")
     p.add_argument("--max-train-samples", type=int)
@@ -81,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging-steps", type=int, help="log and evaluate every N optimizer steps")
     p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps")
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--max-fisher-memory", type=float,
+                   help="refuse a Fisher over this many GB per rank (sets the recipe's "
+                   "pruning.fisher.max_memory_gb)")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -160,17 +168,17 @@ def run(args: argparse.Namespace) -> int:
                              max_seq_length=_seq_len(args), seed=args.seed)
         wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet)
     elif args.command == "oneshot":
-        from obert.pruning.oneshot import OneShotConfig
+        from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 
-        cfg = OneShotConfig(
-            sparsity=args.sparsity, method=args.method, mask=args.mask,
-            fisher_block_size=args.fisher_block_size, num_grads=args.num_grads, damp=args.damp,
-            grad_batch_size=args.grad_batch_size or (8 if get_task(args.task).is_qa else 16),
-            recomputations=args.recomputations,
-            scope=args.scope, max_fisher_memory_gb=args.max_fisher_memory,
-            include=args.include, exclude=args.exclude,
-        )
-        wf.run_oneshot(args.model, _data(args), cfg, args.output, _seq_len(args),
+        gbs = args.grad_batch_size
+        fisher = FisherConfig(
+            num_grads=args.num_grads, block_size=args.fisher_block_size, damp=args.damp,
+            grad_batch_size=(8 if get_task(args.task).is_qa else 16) if gbs is None else gbs,
+            max_memory_gb=args.max_fisher_memory)
+        cfg = StepConfig(method=args.method, mask=args.mask, scope=args.scope,
+                         recomputations=args.recomputations, fisher=fisher)
+        wf.run_oneshot(args.model, _data(args), cfg, args.sparsity, args.output,
+                       TargetsConfig(args.include, args.exclude), _seq_len(args),
                        args.evaluate, args.overwrite, args.quiet)
     elif args.command == "prune":
         from obert.training.recipe import load_recipe
@@ -178,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe)
         if args.max_seq_length is not None:
             recipe.max_seq_length = _seq_len(args)
+        if args.max_fisher_memory is not None:
+            if args.max_fisher_memory <= 0:
+                raise ObertError(f"--max-fisher-memory {args.max_fisher_memory} must be positive")
+            if recipe.pruning is not None:
+                recipe.pruning.fisher.max_memory_gb = args.max_fisher_memory
         for name in ("logging_steps", "save_steps", "gradient_accumulation_steps"):
             v = getattr(args, name)
             if v is not None and v < 1:

@@ -9,6 +9,13 @@ from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
 
 
+def has_cuda() -> bool:
+    """Train on the GPU when there is one (the one place that decides)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _quiet_transformers() -> None:
     # The load report for a freshly initialised head is expected here, not a warning.
     from transformers.utils import logging as hf_logging

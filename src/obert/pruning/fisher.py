@@ -12,6 +12,11 @@ which sweeps all of F⁻¹ through memory once per gradient. Here the gradients 
 Σ g gᵀ a chunk at a time with one batched matrix product per chunk (the same multiply-adds, a
 fraction of the memory traffic), and each block λI + GᵀG/m is then inverted by Cholesky in
 float64. Both give the same matrix; tests check it.
+
+GᵀG is accumulated in float64 by default, so every block stays positive semi-definite to
+working precision and λI + GᵀG/m factorises. Should a factorisation still fail (λ tiny against
+the gradients' scale), the block is retried with λ·10, λ·100, … and every retry is recorded in
+``EmpiricalFisher.failures`` for the caller to log: an indefinite block is never inverted.
 """
 
 from __future__ import annotations
@@ -24,16 +29,19 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
+MAX_RETRIES = 8  # λ·10 … λ·10⁸ before a block is declared broken
+
 
 def num_blocks(numel: int, block_size: int) -> int:
     return math.ceil(numel / block_size)
 
 
-def fisher_memory_bytes(numels: list[int] | int, block_size: int) -> int:
-    """Bytes held by the fp32 block-diagonal Fisher: ⌈d/B⌉·B² floats per tensor (≈ 4·d·B)."""
+def fisher_memory_bytes(numels: list[int] | int, block_size: int, itemsize: int = 8) -> int:
+    """Bytes held by the block-diagonal Fisher: ⌈d/B⌉·B² numbers per tensor (≈ 8·d·B in
+    float64, the default accumulator; 4·d·B in float32)."""
     if isinstance(numels, int):
         numels = [numels]
-    return sum(4 * num_blocks(d, block_size) * block_size**2 for d in numels)
+    return sum(itemsize * num_blocks(d, block_size) * block_size**2 for d in numels)
 
 
 def to_blocks(x: Tensor, block_size: int) -> Tensor:
@@ -53,9 +61,10 @@ def from_blocks(xb: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 class EmpiricalFisher:
     """Streams gradients of one tensor into the block-diagonal Σ g gᵀ; ``fisher_inv`` inverts.
 
-    Holds the [⌈d/B⌉, B, B] accumulator (fp32 by default, as the paper's 4·d·B bytes) and a
-    buffer of ``chunk`` gradients. It never holds all m gradients at once. ``dtype=float64``
-    doubles the memory and removes fp32 rounding from ill-conditioned blocks.
+    Holds the [⌈d/B⌉, B, B] accumulator (float64 by default: 8·d·B bytes, twice the paper's
+    fp32, so the sum stays positive semi-definite) and a buffer of ``chunk`` gradients. It
+    never holds all m gradients at once. ``failures`` lists the blocks whose factorisation
+    needed more damping than λ: ``{"block", "damp", "damp_used"}``.
     """
 
     def __init__(
@@ -65,7 +74,7 @@ class EmpiricalFisher:
         damp: float,
         chunk: int = 4,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
@@ -77,9 +86,13 @@ class EmpiricalFisher:
         self._buf = torch.zeros(nb, block_size, chunk, device=device, dtype=dtype)
         self._n_buf = 0
         self.num_grads = 0
+        self.failures: list[dict] = []
 
     def add_grad(self, grad: Tensor) -> None:
-        """Add one gradient g (any shape with d elements)."""
+        """Add one gradient g (any shape with d elements); a NaN or ±inf in it is refused."""
+        if not bool(torch.isfinite(grad).all()):
+            bad = int((~torch.isfinite(grad)).sum())
+            raise FloatingPointError(f"gradient {self.num_grads} has {bad} non-finite entries")
         flat = self._buf.view(-1, self._buf.shape[-1])[: self.numel, self._n_buf]
         flat.copy_(grad.detach().reshape(-1))
         self._n_buf += 1
@@ -100,14 +113,15 @@ class EmpiricalFisher:
     ) -> Tensor:
         """Return F⁻¹ per block, [⌈d/B⌉, B, B] in the accumulator's dtype, F = λI + GᵀG/m.
 
-        Inverts in float64 128 blocks at a time (the temporaries stay small). By default it works in place of the
-        accumulator, so the peak stays near the accumulator's own size, and the object takes no
-        more gradients after. ``keep=True`` writes to a new tensor and keeps the accumulator, so
-        one gradient pass can serve several ``damp`` values (λ tuning).
+        Inverts in float64, ``inv_chunk`` blocks at a time (the temporaries stay small). By
+        default it works in place of the accumulator, so the peak stays near the accumulator's
+        own size, and the object takes no more gradients after. ``keep=True`` writes to a new
+        tensor and keeps the accumulator, so one gradient pass can serve several ``damp``
+        values (λ tuning).
         """
         if self.num_grads == 0:
             raise ValueError("no gradients were added")
-        if self.ggt.numel() == 0:
+        if self.ggt.numel() == 0 and self.numel > 0:
             raise RuntimeError("fisher_inv() already consumed this accumulator")
         self._flush()
         damp = self.damp if damp is None else damp
@@ -118,9 +132,11 @@ class EmpiricalFisher:
             self.ggt = torch.empty(0)
 
         def invert(s: int) -> None:
-            out[s : s + inv_chunk] = damped_inverse(
+            inv, failed = damped_inverse(
                 ggt[s : s + inv_chunk].to(torch.float64, copy=True).div_(m), damp
             )
+            out[s : s + inv_chunk] = inv
+            self.failures.extend({**f, "block": s + f["block"]} for f in failed)
 
         starts = range(0, ggt.shape[0], inv_chunk)
         if ggt.device.type != "cpu":
@@ -132,6 +148,7 @@ class EmpiricalFisher:
         workers = torch.get_num_threads()  # read now: the caller may have changed it
         with _one_cpu_thread(ggt.device), ThreadPoolExecutor(workers) as pool:
             list(pool.map(invert, starts))
+        self.failures.sort(key=lambda f: f["block"])
         return out
 
 
@@ -149,23 +166,43 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
             torch.set_num_threads(n)
 
 
-def damped_inverse(ggt_over_m: Tensor, damp: float) -> Tensor:
-    """(λI + A)⁻¹ for a batch of symmetric PSD blocks A, by Cholesky (LU where that fails).
+def damped_inverse(ggt_over_m: Tensor, damp: float) -> tuple[Tensor, list[dict]]:
+    """(λI + A)⁻¹ for a batch of symmetric PSD blocks A, by Cholesky.
 
-    ``ggt_over_m`` is overwritten with λI + A (callers pass a temporary)."""
+    A block whose factorisation fails is retried from A with λ·10, λ·100, … (at most
+    ``MAX_RETRIES`` times); it is never inverted by a general solver, which would hand an
+    indefinite matrix's negative diagonal to the saliency. Returns the inverse and one
+    ``{"block", "damp", "damp_used"}`` per retried block (``block`` indexes this batch).
+    ``ggt_over_m`` is overwritten with λI + A (callers pass a temporary).
+    """
     f = ggt_over_m
     f.diagonal(dim1=-2, dim2=-1).add_(damp)
+    failures: list[dict] = []
     with _one_cpu_thread(f.device):
         chol, info = torch.linalg.cholesky_ex(f)
         inv = torch.cholesky_inverse(chol)
-        bad = info != 0
-        if bad.any():  # only when λ is tiny against the gradients' scale
-            inv[bad] = torch.linalg.inv(f[bad])
-    return inv
+        for b in (info != 0).nonzero().flatten().tolist():
+            inv[b], used = _retry(f[b], damp)
+            failures.append({"block": b, "damp": damp, "damp_used": used})
+    return inv, failures
+
+
+def _retry(f: Tensor, damp: float) -> tuple[Tensor, float]:
+    """Invert one block λI + A again with more damping: (A + λ'I)⁻¹ for λ' = λ·10^t."""
+    eye = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
+    used = damp
+    for t in range(1, MAX_RETRIES + 1):
+        used = damp * 10.0**t
+        chol, info = torch.linalg.cholesky_ex(f + (used - damp) * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(chol), used
+    raise FloatingPointError(
+        f"a Fisher block is not positive definite even with damping {used:g} (λ = {damp:g}): "
+        "the gradients are broken (check the loss for NaN or overflow)")
 
 
 def fisher_inv(
-    grads: Tensor, damp: float, block_size: int, chunk: int = 4, dtype: torch.dtype = torch.float32
+    grads: Tensor, damp: float, block_size: int, chunk: int = 4, dtype: torch.dtype = torch.float64
 ) -> Tensor:
     """F⁻¹ per block from a stacked [m, d] gradient matrix (convenience for small inputs)."""
     fisher = EmpiricalFisher(grads[0].numel(), block_size, damp, chunk, grads.device, dtype)

@@ -1,95 +1,69 @@
-"""Pruners: score groups of target weights, remove the lowest, keep masks as data.
+"""Pruners: score groups of target weights, remove the lowest, update the survivors.
 
-The surface is small, after torch.ao.pruning: build a pruner over named weights, feed it
-gradients if it wants them (``needs_grads``), ``step(sparsity)``, read ``masks``. The math lives
-in ``fisher``, ``obs`` and ``select``; this module only wires them to tensors that change.
+The surface is small, after torch.ao.pruning: a pruner works on a ``MaskSet`` (the one owner of
+the masks and of the weights they cover); feed it gradients if it wants them (``needs_grads``),
+then ``step(sparsity)``. The math lives in ``fisher``, ``obs`` and ``select``; the layout of the
+Fisher over ranks in ``distributed``; this module only wires them to tensors that change.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from obert.pruning import fisher as fisher_mod
+from obert.pruning.config import StepConfig
+from obert.pruning.distributed import BlockShards, Comm
+from obert.pruning.masks import MaskSet
 from obert.pruning.obs import magnitude_saliency, obs_update, saliency
 from obert.pruning.select import select_prune
 
 
-def mask_sparsity(masks: dict[str, Tensor]) -> float:
-    """The fraction of pruned (False) entries over all masks."""
-    total = sum(m.numel() for m in masks.values())
-    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
-
-
-def group_mask(mask: Tensor, k: int) -> Tensor:
-    """Per-group keep flags from a per-weight mask: a group is kept if its first weight is."""
-    return mask.reshape(-1, k)[:, 0]
-
-
-def weight_mask(group_keep: Tensor, shape: torch.Size, k: int) -> Tensor:
-    return group_keep.repeat_interleave(k).view(shape)
-
-
 class Pruner:
-    """Global/per-layer pruner over a dict of named weight tensors (modified in place).
+    """Global or per-tensor pruning of the weights in ``masks`` (modified in place).
 
-    ``k`` is the group size: 1 for unstructured, 4 for blocks of 4 along the input dimension
-    (consecutive in the row-major flattening of a Linear weight [out, in]).
+    ``masks.k`` is the group size: 1 for unstructured, 4 for blocks of 4 along the input
+    dimension (consecutive in the row-major flattening of a Linear weight [out, in]).
     """
 
     needs_grads = False
 
-    def __init__(
-        self, weights: dict[str, Tensor], masks: dict[str, Tensor] | None = None, k: int = 1
-    ) -> None:
-        for name, w in weights.items():
-            if w.dim() != 2 or w.shape[1] % k:
-                raise ValueError(
-                    f"{name}: input dimension {tuple(w.shape)[-1]} is not a multiple of the "
-                    f"group size {k}"
-                )
-        self.weights, self.k = weights, k
-        self.masks = masks or {n: _nonzero_groups(w, k) for n, w in weights.items()}
+    def __init__(self, masks: MaskSet, comm: Comm | None = None) -> None:
+        self.masks, self.weights, self.k = masks, masks.weights, masks.k
+        self.comm = comm or Comm()
 
     def sparsity(self) -> float:
-        return mask_sparsity(self.masks)
+        return self.masks.sparsity()
 
     def scores(self) -> dict[str, Tensor]:
-        """Flat per-group scores; pruned groups get −∞ so they stay pruned."""
+        """Flat per-group scores, equal on every rank; pruned groups get −∞ (stay pruned)."""
         raise NotImplementedError
 
-    def step(self, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
-        """Prune to ``sparsity`` (of all target groups, or of each tensor) and return the masks."""
-        scores = self.scores()
-        prune = select_prune(scores, sparsity, scope)
+    def step(self, sparsity: float, scope: str = "global") -> None:
+        """Prune to ``sparsity`` (of all target groups, or of each tensor)."""
+        prune = select_prune(self.scores(), sparsity, scope)
         with torch.no_grad():
             self.update(prune)
-            for name, w in self.weights.items():
-                keep = group_mask(self.masks[name], self.k) & ~prune[name]
-                self.masks[name] = weight_mask(keep, w.shape, self.k)
-                w.mul_(self.masks[name])  # pruned weights are exactly 0
-        return self.masks
+            self.masks.prune_groups(prune)
+            self.masks.apply()  # pruned weights are exactly 0
 
     def update(self, prune: dict[str, Tensor]) -> None:
         """Change the surviving weights to compensate for ``prune`` (nothing, for magnitude)."""
 
     def _masked(self, name: str, scores: Tensor) -> Tensor:
-        keep = group_mask(self.masks[name], self.k)
-        return scores.masked_fill(~keep, float("-inf"))
-
-
-def _nonzero_groups(w: Tensor, k: int) -> Tensor:
-    keep = (w.reshape(-1, k) != 0).any(-1)
-    return weight_mask(keep, w.shape, k)
+        return scores.masked_fill(~self.masks.group_keep(name).to(scores.device), float("-inf"))
 
 
 class MagnitudePruner(Pruner):
-    """GMP's scorer: |w| (or a group's L2 norm), no weight update."""
+    """GMP's scorer: |w| (or a group's L2 norm), no weight update. Over several ranks it scores
+    rank 0's weights, broadcast first, so every rank takes the same decision."""
 
     def scores(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            for w in self.weights.values():
+                self.comm.broadcast(w)
         return {
             n: self._masked(n, magnitude_saliency(w.detach().reshape(-1, self.k), self.k).reshape(-1))
             for n, w in self.weights.items()
@@ -100,49 +74,80 @@ class OBSPruner(Pruner):
     """oBERT: collects the block-diagonal empirical Fisher from gradients, then prunes by OBS
     saliency and applies the OBS update to the surviving weights.
 
-    Call ``begin()``, ``add_grads()`` m times, then ``step()``; repeat for each recomputation.
+    Call ``begin()``, ``add_grads()`` once per gradient round, then ``step()``; repeat for each
+    recomputation. Over R ranks this rank holds only its shard of the Fisher blocks (see
+    ``distributed.BlockShards``); every rank must make the same calls.
     """
 
     needs_grads = True
 
-    def __init__(
-        self,
-        weights: dict[str, Tensor],
-        masks: dict[str, Tensor] | None = None,
-        k: int = 1,
-        block_size: int = 50,
-        damp: float = 1e-7,
-        chunk: int = 4,
-    ) -> None:
-        if block_size % k:
-            raise ValueError(f"Fisher block size {block_size} is not a multiple of group size {k}")
-        super().__init__(weights, masks, k)
+    def __init__(self, masks: MaskSet, block_size: int = 50, damp: float = 1e-7, chunk: int = 4,
+                 comm: Comm | None = None) -> None:
+        if block_size % masks.k:
+            raise ValueError(f"Fisher block size {block_size} is not a multiple of group size "
+                             f"{masks.k}")
+        super().__init__(masks, comm)
         self.block_size, self.damp, self.chunk = block_size, damp, chunk
+        self.shards = BlockShards({n: w.numel() for n, w in self.weights.items()}, block_size,
+                                  self.comm.world)
         self._fishers: dict[str, fisher_mod.EmpiricalFisher] = {}
         self._finv: dict[str, Tensor] = {}
+        self.failures: list[dict] = []  # factorisations that needed more damping, last estimate
+
+    def _span(self, name: str) -> tuple[int, int]:
+        return self.shards.span(name, self.comm.rank)
 
     def memory_bytes(self) -> int:
-        """Bytes of the Fisher accumulators plus their gradient buffers, before allocation."""
-        numels = [w.numel() for w in self.weights.values()]
-        fisher = fisher_mod.fisher_memory_bytes(numels, self.block_size)
-        return fisher + 4 * self.chunk * sum(numels)
+        """This rank's bytes for the Fisher accumulators and gradient buffers (float64), plus
+        the all-to-all buffers over several ranks; computed before allocation."""
+        mine = [b - a for a, b in (self._span(n) for n in self.weights)]
+        need = fisher_mod.fisher_memory_bytes(mine, self.block_size) + 8 * self.chunk * sum(mine)
+        if self.comm.world > 1:
+            total = sum(w.numel() for w in self.weights.values())
+            need += 4 * (total + self.comm.world * sum(mine))
+        return need
 
     def begin(self) -> None:
         """Start a fresh Fisher estimate (one per recomputation)."""
-        self._finv = {}
-        self._fishers = {
-            n: fisher_mod.EmpiricalFisher(w.numel(), self.block_size, self.damp, self.chunk, w.device)
-            for n, w in self.weights.items()
-        }
+        self._finv, self.failures = {}, []
+        self._fishers = {}
+        for n, w in self.weights.items():
+            a, b = self._span(n)
+            self._fishers[n] = fisher_mod.EmpiricalFisher(b - a, self.block_size, self.damp,
+                                                          self.chunk, w.device)
 
-    def add_grads(self, grads: dict[str, Tensor]) -> None:
-        """One mini-batch gradient per target; gradients of pruned weights are masked to 0."""
-        for name, f in self._fishers.items():
-            f.add_grad(grads[name] * self.masks[name])
+    def add_grads(self, grads: dict[str, Tensor] | None) -> None:
+        """One gradient round: this rank's mini-batch gradient per target, or None when it has
+        none left. Gradients of pruned weights are masked to 0 before they enter the Fisher."""
+        masked = None if grads is None else {
+            n: (grads[n] * self.masks.masks[n]).reshape(-1) for n in self._fishers}
+        if self.comm.world == 1:
+            if masked is not None:
+                for n, f in self._fishers.items():
+                    f.add_grad(masked[n])
+            return
+        # One flag element in front says whether the slice holds a gradient.
+        send = []
+        for r in range(self.comm.world):
+            if masked is None:
+                send.append(torch.zeros(1 + self.shards.numel(r)))
+            else:
+                send.append(torch.cat([torch.ones(1), self.shards.slices(masked, r).float().cpu()]))
+        for piece in self.comm.exchange(send):
+            if piece[0] == 1:
+                parts = self.shards.split(piece[1:], self.comm.rank)
+                for n, f in self._fishers.items():
+                    f.add_grad(parts[n].to(self.weights[n].device))
+
+    @property
+    def num_grads(self) -> int:
+        return next(iter(self._fishers.values())).num_grads if self._fishers else 0
 
     def fisher_inv(self, damp: float | None = None, keep: bool = False) -> dict[str, Tensor]:
-        """F⁻¹ of every target from the gradients added so far (see ``EmpiricalFisher``)."""
-        return {n: f.fisher_inv(damp, keep) for n, f in self._fishers.items()}
+        """F⁻¹ of this rank's shard of every target, from the gradients added so far."""
+        out = {n: f.fisher_inv(damp, keep) for n, f in self._fishers.items()}
+        self.failures = [{"tensor": n, **x} for n, f in self._fishers.items() for x in f.failures]
+        return out
 
     def fisher_state(self) -> dict[str, fisher_mod.EmpiricalFisher]:
         """A copy of the gradient statistics so far (to branch, e.g. m-sweeps from one pass)."""
@@ -152,54 +157,62 @@ class OBSPruner(Pruner):
         self._fishers, self._finv = copy.deepcopy(state), {}
 
     def load_fisher_inv(self, finv: dict[str, Tensor]) -> None:
-        """Use these F⁻¹ blocks for the next ``step`` instead of collected gradients."""
+        """Use these F⁻¹ blocks (this rank's shard) for the next ``step``."""
         self._fishers, self._finv = {}, dict(finv)
 
-    @property
-    def num_grads(self) -> int:
-        return next(iter(self._fishers.values())).num_grads if self._fishers else 0
-
-    def _blocks(self, name: str) -> tuple[Tensor, Tensor]:
-        w = self.weights[name].detach().float()
-        return fisher_mod.to_blocks(w, self.block_size), self._finv[name]
-
-    def scores(self) -> dict[str, Tensor]:
+    def current_fisher_inv(self) -> dict[str, Tensor]:
+        """F⁻¹ for the next step: inverted now from the gradients if not yet done."""
         if not self._fishers and not self._finv:
             raise RuntimeError("OBSPruner.step() needs gradients: call begin() and add_grads()")
         if self._fishers:
             self._finv, self._fishers = self.fisher_inv(), {}
-        out = {}
+        return self._finv
+
+    def _shard_blocks(self, name: str, finv: Tensor) -> Tensor:
+        a, b = self._span(name)
+        w = self.weights[name].detach().reshape(-1)[a:b].to(finv.dtype)
+        return fisher_mod.to_blocks(w, self.block_size)
+
+    def scores(self) -> dict[str, Tensor]:
+        finv = self.current_fisher_inv()
+        local = []
         for name in self.weights:
-            wb, finv = self._blocks(name)
-            s = saliency(wb, finv, self.k).reshape(-1)[: self.weights[name].numel() // self.k]
-            out[name] = self._masked(name, s)
-        return out
+            a, b = self._span(name)
+            s = saliency(self._shard_blocks(name, finv[name]), finv[name], self.k)
+            local.append(s.reshape(-1)[: (b - a) // self.k].float())
+        whole = self.shards.assemble(self.comm.gather(torch.cat(local)), unit=self.k)
+        return {n: self._masked(n, s.to(self.weights[n].device)) for n, s in whole.items()}
 
     def update(self, prune: dict[str, Tensor]) -> None:
+        finv, new = self._finv, []
         for name, w in self.weights.items():
-            wb, finv = self._blocks(name)
-            nq = wb.numel() // self.k
-            p = torch.zeros(nq, dtype=torch.bool, device=w.device)
-            p[: prune[name].numel()] = prune[name]
-            delta = obs_update(wb, finv, p.view(wb.shape[0], -1), self.k)
-            w.add_(fisher_mod.from_blocks(delta, w.shape).to(w.dtype))
+            a, b = self._span(name)
+            wb = self._shard_blocks(name, finv[name])
+            p = torch.zeros(wb.numel() // self.k, dtype=torch.bool, device=wb.device)
+            p[: (b - a) // self.k] = prune[name].reshape(-1)[a // self.k : b // self.k]
+            delta = obs_update(wb, finv[name], p.view(wb.shape[0], -1), self.k)
+            new.append((wb.reshape(-1)[: b - a] + delta.reshape(-1)[: b - a]).to(w.dtype))
+        if self.comm.world == 1:
+            for w, x in zip(self.weights.values(), new, strict=True):
+                w.view(-1).copy_(x)
+        else:  # every rank takes each shard's new weights from the rank that owns it
+            parts = self.comm.gather(torch.cat(new).cpu())
+            for name, x in self.shards.assemble(parts).items():
+                self.weights[name].view(-1).copy_(x)
         self._finv = {}  # F⁻¹ belongs to the weights it was estimated at
 
 
-def build_pruner(
-    method: str,
-    weights: dict[str, Tensor],
-    masks: dict[str, Tensor] | None = None,
-    k: int = 1,
-    **obs_kwargs,
-) -> Pruner:
-    if method == "magnitude":
-        return MagnitudePruner(weights, masks, k)
-    if method == "obert":
-        return OBSPruner(weights, masks, k, **obs_kwargs)
-    raise ValueError(f"method must be 'obert' or 'magnitude', not {method!r}")
+def build_pruner(cfg: StepConfig, masks: MaskSet, comm: Comm | None = None) -> Pruner:
+    """The pruner a step config asks for, over ``masks`` (whose k must be the config's)."""
+    if masks.k != cfg.k:
+        raise ValueError(f"masks are in groups of {masks.k}, the config's mask {cfg.mask} of {cfg.k}")
+    if cfg.method == "magnitude":
+        return MagnitudePruner(masks, comm)
+    if cfg.method == "obert":
+        return OBSPruner(masks, cfg.block_size, cfg.fisher.damp, comm=comm)
+    raise ValueError(f"method must be 'obert' or 'magnitude', not {cfg.method!r}")
 
 
-def sparsity_schedule(start: float, target: float, recomputations: int) -> Iterable[float]:
+def sparsity_schedule(start: float, target: float, recomputations: int) -> list[float]:
     """The r sub-step sparsities of one step, interpolated linearly: s₀ + (s − s₀)·i/r."""
     return [start + (target - start) * i / recomputations for i in range(1, recomputations + 1)]

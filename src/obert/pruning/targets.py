@@ -71,3 +71,10 @@ def find_targets(
             "layer stack matched; pass --include REGEX to choose modules by name"
         )
     return found
+
+
+def check_group_shape(targets: dict[str, nn.Linear], k: int, fix: str) -> None:
+    """Refuse a target whose input dimension is not a multiple of the group size ``k``."""
+    for name, mod in targets.items():
+        if mod.in_features % k:
+            raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of {k}: {fix}")

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
+from obert.models import has_cuda
+
 
 @dataclass
 class FinetuneConfig:
@@ -41,7 +43,7 @@ def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool =
             report_to=[],
             disable_tqdm=quiet,
             log_level="error" if quiet else "warning",
-            use_cpu=not _has_cuda(),
+            use_cpu=not has_cuda(),
         )
         trainer = Trainer(
             model=model,
@@ -55,8 +57,3 @@ def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool =
         out = trainer.train()
     return {"train_loss": out.training_loss, "steps": out.global_step, **out.metrics}
 
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

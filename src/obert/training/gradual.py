@@ -2,13 +2,13 @@
 
 Three pieces, each small:
 
-- ``MaskedPruning``, a TrainerCallback that owns the masks. It zeroes the gradients of pruned
-  weights (a hook, so gradient clipping and DDP see the masked gradient), re-applies the masks
-  after every optimizer step, fires the recipe's pruning steps at their optimizer steps, and
+- ``MaskedPruning``, a TrainerCallback over a ``MaskSet`` (which owns the masks and zeroes the
+  gradients of pruned weights through a hook). It re-applies the masks after every optimizer
+  step, fires the recipe's pruning steps (``pruning_step``) at their optimizer steps, and
   clears the optimizer state of newly pruned weights so momentum cannot revive them. It saves
   the masks beside every Trainer checkpoint.
 - ``DistillTrainer``, a Trainer whose loss is KD from a teacher and whose LR schedule is the
-  recipe's (cyclic linear with a rewind at every pruning step).
+  recipe's (cyclic linear with a rewind at every pruning step), followed by ``global_step``.
 - ``MetricsLog``, a callback writing ``metrics.jsonl``.
 """
 
@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
-from obert.pruning.gradients import collect_grads
-from obert.pruning.pruner import OBSPruner, build_pruner, mask_sparsity, sparsity_schedule
+from obert.pruning.distributed import Comm
+from obert.pruning.masks import MaskSet
+from obert.pruning.step import pruning_step
 from obert.training.distill import distill_loss
 from obert.training.recipe import DistillConfig, PruningConfig
 from obert.training.schedule import StepPlan
@@ -36,91 +36,52 @@ STATE_FILE = "obert_pruning.json"
 
 
 class MaskedPruning(TrainerCallback):
-    """Masks as data for a training run, and the pruning steps of a ``StepPlan``.
+    """The pruning steps of a ``StepPlan`` inside a training run, on a ``MaskSet``.
 
     ``grad_batches(step)`` returns the gradient batches of the Fisher for the pruning step at
-    optimizer step ``step`` (seeded by it, so a resumed run draws the same ones).
+    optimizer step ``step`` (seeded by it, so a resumed run draws the same ones). The plan may
+    be set after construction (it depends on the Trainer's data loader): ``self.plan``.
     """
 
     def __init__(
         self,
-        targets: dict[str, nn.Linear],
+        masks: MaskSet,
         cfg: PruningConfig | None,
-        plan: StepPlan,
+        plan: StepPlan | None = None,
         grad_batches: Callable[[int], Iterable[dict[str, Tensor]]] | None = None,
+        comm: Comm | None = None,
         quiet: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.weights = {n: m.weight for n, m in targets.items()}
-        # Weights that are already exactly 0 (a sparse starting model) stay pruned.
-        self.masks = {n: w.detach() != 0 for n, w in self.weights.items()}
-        self.cfg, self.plan, self.grad_batches = cfg, plan, grad_batches
+        self.masks, self.cfg, self.plan, self.grad_batches = masks, cfg, plan, grad_batches
+        self.comm = comm or Comm()
         self.quiet, self.log = quiet, log
         self.history: list[dict] = []  # one entry per pruning step done
-        self._hooks: list = []
 
-    # -- masks ---------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Zero the gradient of pruned weights as it is computed. Call once the model sits on
-        its training device (the Trainer moves it), so the masks can follow it there."""
-        self.detach()
-        self.masks = {n: m.to(self.weights[n].device) for n, m in self.masks.items()}
-        for name, w in self.weights.items():
-            self._hooks.append(w.register_hook(lambda g, n=name: g * self.masks[n]))
-
-    def detach(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    @torch.no_grad()
-    def apply_masks(self) -> None:
-        for name, w in self.weights.items():
-            w.mul_(self.masks[name])
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        return self.masks.weights
 
     def sparsity(self) -> float:
-        return mask_sparsity(self.masks)
+        return self.masks.sparsity()
 
-    # -- pruning -------------------------------------------------------------------------
     def prune(self, step: int, model: nn.Module, optimizer=None) -> None:
         """Prune to the plan's sparsity for ``step`` (r sub-steps, a fresh Fisher for each)."""
-        cfg, target = self.cfg, self.plan.prune_at[step]
-        assert cfg is not None
-        f = cfg.fisher
-        pruner = build_pruner(
-            cfg.method, {n: w.data for n, w in self.weights.items()}, masks=dict(self.masks),
-            k=cfg.k, **({"block_size": f.block_size, "damp": f.damp} if cfg.method == "obert" else {}),
-        )
-        before = pruner.sparsity()
-        for s in sparsity_schedule(before, target, cfg.recomputations):
-            if isinstance(pruner, OBSPruner):
-                assert self.grad_batches is not None
-                pruner.begin()
-                for grads in collect_grads(model, self.weights, self.grad_batches(step),
-                                           f.num_grads, self.quiet):
-                    pruner.add_grads(grads)
-            pruner.step(s, cfg.scope)
-        self.masks = {n: m.clone() for n, m in pruner.masks.items()}
-        self._clear_optimizer_state(optimizer)
-        self.apply_masks()
-        self.history.append({"step": step, "target": target, "sparsity": self.sparsity()})
-        self.log(f"pruning step at optimizer step {step}: sparsity {before:.4f} -> "
-                 f"{self.sparsity():.4f} ({cfg.method})")
-
-    @torch.no_grad()
-    def _clear_optimizer_state(self, optimizer) -> None:
-        """Adam's moments of a pruned weight would move it off 0: clear them."""
-        if optimizer is None:
-            return
-        opt = getattr(optimizer, "optimizer", optimizer)
-        for name, w in self.weights.items():
-            for v in opt.state.get(w, {}).values():
-                if isinstance(v, Tensor) and v.shape == w.shape:
-                    v.mul_(self.masks[name])
+        assert self.cfg is not None and self.plan is not None
+        target = self.plan.prune_at[step]
+        batches = self.grad_batches(step) if self.cfg.needs_grads and self.grad_batches else None
+        out = pruning_step(model, self.masks, self.cfg, target, batches, self.comm,
+                           self.log, self.quiet)
+        self.masks.clear_optimizer_state(optimizer)
+        self.history.append({"step": step, "target": target, "sparsity": out["sparsity"],
+                             "fisher_failures": out["fisher_failures"]})
+        if self.comm.is_main:
+            self.log(f"pruning step at optimizer step {step}: sparsity {out['before']:.4f} -> "
+                     f"{out['sparsity']:.4f} ({self.cfg.method})")
 
     # -- Trainer events ------------------------------------------------------------------
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.apply_masks()
+        self.masks.apply()
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.cfg is not None and state.global_step in self.plan.prune_at:
@@ -134,18 +95,52 @@ class MaskedPruning(TrainerCallback):
     def save(self, folder: Path) -> None:
         if not folder.is_dir():
             return
-        save_file({n: m.contiguous() for n, m in self.masks.items()}, str(folder / MASKS_FILE))
+        self.masks.save(folder / MASKS_FILE)
         (folder / STATE_FILE).write_text(json.dumps({"history": self.history}, indent=2) + "\n")
 
     def load(self, folder: Path) -> None:
-        masks = load_file(str(folder / MASKS_FILE))
-        missing = set(self.masks) - set(masks)
-        if missing:
-            raise ValueError(f"checkpoint {folder} has no masks for {sorted(missing)[:3]}")
-        device = next(iter(self.weights.values())).device
-        self.masks = {n: masks[n].to(device) for n in self.masks}
+        self.masks.load(folder / MASKS_FILE)
         self.history = json.loads((folder / STATE_FILE).read_text())["history"]
-        self.apply_masks()
+
+
+class PlanLR(LRScheduler):
+    """The LR of optimizer step g is ``lr_fn(g)``, g read from the Trainer's ``global_step``.
+
+    Not from the scheduler's own count: HF skips ``scheduler.step()`` when an fp16 step
+    overflows, which would shift every later rewind off its pruning step. ``FollowPlan``
+    re-reads it at the start of every optimizer step."""
+
+    def __init__(self, optimizer, lr_fn: Callable[[int], float], step_fn: Callable[[], int]):
+        self.lr_fn, self.step_fn = lr_fn, step_fn
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        lr = self.lr_fn(self.step_fn())
+        return [lr for _ in self.optimizer.param_groups]
+
+    def sync(self) -> None:
+        """Set the LR of the step about to run (no scheduler step: nothing to count)."""
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:  # the functions are rebuilt by the run, not pickled
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("optimizer", "lr_fn", "step_fn")}
+
+
+class FollowPlan(TrainerCallback):
+    """Set the planned LR before each optimizer step (see ``PlanLR``). It reads the scheduler
+    from the trainer: the callback kwargs carry the one that existed at construction (None)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if isinstance(self.trainer.lr_scheduler, PlanLR):
+            self.trainer.lr_scheduler.sync()
 
 
 class DistillTrainer(Trainer):
@@ -161,6 +156,7 @@ class DistillTrainer(Trainer):
         self.eval_fn = eval_fn
         self.teacher, self.distill = teacher, distill or DistillConfig(hardness=0.0)
         self.lr_fn = lr_fn
+        self.add_callback(FollowPlan(self))  # a no-op unless lr_fn is set before train()
         if teacher is not None:
             teacher.to(self.args.device).eval()
             for p in teacher.parameters():
@@ -195,11 +191,17 @@ class DistillTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None and self.lr_fn is not None:
-            lr_fn, lr_max = self.lr_fn, self.args.learning_rate
-            self.lr_scheduler = LambdaLR(optimizer or self.optimizer,
-                                         lambda step: lr_fn(step) / lr_max)
+            self.lr_scheduler = PlanLR(optimizer or self.optimizer, self.lr_fn,
+                                       lambda: self.state.global_step)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch from this Trainer's own training data loader (sharded over
+        the ranks, batched as it will train) and its gradient accumulation."""
+        n = len(self.get_train_dataloader())
+        ga = self.args.gradient_accumulation_steps
+        return max(1, n // ga + int(n % ga > 0))
 
 
 class MetricsLog(TrainerCallback):

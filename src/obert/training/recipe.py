@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,9 +19,10 @@ from pathlib import Path
 import yaml
 
 from obert.errors import ObertError
-from obert.training.schedule import sparsity_targets
+from obert.pruning.config import MASK_GROUP, FisherConfig, StepConfig, TargetsConfig
+from obert.training.schedule import StepPlan, lr_at, plan_steps, sparsity_targets
 
-MASK_GROUP = {"unstructured": 1, "block4": 4}
+__all__ = ["FisherConfig", "PruningConfig", "Recipe", "RecipeError", "TargetsConfig"]
 
 
 class RecipeError(ObertError):
@@ -45,48 +47,21 @@ class LRConfig:
 
 
 @dataclass
-class FisherConfig:
-    """The empirical Fisher of each oBERT step (PAPER.md §2)."""
-
-    num_grads: int = 1024
-    block_size: int = 50
-    damp: float = 1e-7
-    grad_batch_size: int = 16
-
-    def check(self, key: str, k: int) -> None:
-        _need(self.num_grads >= 1, f"{key}.num_grads", "must be ≥ 1")
-        _need(self.block_size >= 1 and self.block_size % k == 0, f"{key}.block_size",
-              f"= {self.block_size} must be a positive multiple of the mask's group size {k}")
-        _need(self.damp > 0, f"{key}.damp", "must be positive (the paper uses 1e-7)")
-        _need(self.grad_batch_size >= 1, f"{key}.grad_batch_size", "must be ≥ 1")
-
-
-@dataclass
-class PruningConfig:
-    """Steps at start_epoch, start_epoch + update_frequency, …, end_epoch. The first jumps to
+class PruningConfig(StepConfig):
+    """How each step prunes (``StepConfig``: method, mask, scope, recomputations, fisher), and
+    when: steps at start_epoch, start_epoch + update_frequency, …, end_epoch. The first jumps to
     init_sparsity, later ones follow the interpolation to final_sparsity (reached exactly)."""
 
-    method: str = "obert"
     init_sparsity: float = 0.7
     final_sparsity: float = 0.9
     start_epoch: float = 2.0
     end_epoch: float = 26.0
     update_frequency: float = 4.0
     interpolation: str = "cubic"
-    scope: str = "global"
-    mask: str = "unstructured"
-    recomputations: int = 1
-    fisher: FisherConfig = field(default_factory=FisherConfig)
 
-    @property
-    def k(self) -> int:
-        return MASK_GROUP[self.mask]
-
-    def check(self, key: str) -> None:
-        _one_of(f"{key}.method", self.method, ("obert", "magnitude"))
+    def check(self, key: str) -> None:  # type: ignore[override]
+        super().check(lambda path: f"recipe key {key}.{path} =", RecipeError)
         _one_of(f"{key}.interpolation", self.interpolation, ("cubic", "linear"))
-        _one_of(f"{key}.scope", self.scope, ("global", "layer"))
-        _one_of(f"{key}.mask", self.mask, tuple(MASK_GROUP))
         _need(0 <= self.final_sparsity < 1, f"{key}.final_sparsity",
               f"= {self.final_sparsity} is outside [0, 1)")
         _need(0 <= self.init_sparsity <= self.final_sparsity, f"{key}.init_sparsity",
@@ -95,8 +70,6 @@ class PruningConfig:
         _need(self.end_epoch >= self.start_epoch, f"{key}.end_epoch",
               f"= {self.end_epoch} is before start_epoch {self.start_epoch}")
         _need(self.update_frequency > 0, f"{key}.update_frequency", "must be positive")
-        _need(self.recomputations >= 1, f"{key}.recomputations", "must be ≥ 1")
-        self.fisher.check(f"{key}.fisher", self.k)
 
     def targets(self) -> list[tuple[float, float]]:
         """(epoch, sparsity) of each pruning step."""
@@ -115,22 +88,6 @@ class DistillConfig:
     def check(self, key: str) -> None:
         _need(0 <= self.hardness <= 1, f"{key}.hardness", f"= {self.hardness} is outside [0, 1]")
         _need(self.temperature > 0, f"{key}.temperature", "must be positive")
-
-
-@dataclass
-class TargetsConfig:
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-
-    def check(self, key: str) -> None:
-        import re
-
-        for name in ("include", "exclude"):
-            for p in getattr(self, name):
-                try:
-                    re.compile(p)
-                except re.error as e:
-                    raise RecipeError(f"recipe key {key}.{name}: bad regex {p!r} ({e})") from None
 
 
 @dataclass
@@ -158,11 +115,27 @@ class Recipe:
             _need(self.pruning.end_epoch <= self.epochs, "pruning.end_epoch",
                   f"= {self.pruning.end_epoch} is past epochs = {self.epochs}")
         self.distillation.check("distillation")
-        self.targets.check("targets")
+        self.targets.check(lambda path: f"recipe key targets.{path}:", RecipeError)
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def plan(self, steps_per_epoch: int) -> StepPlan:
+        """This recipe in optimizer steps, given the Trainer's steps per epoch."""
+        targets = self.pruning.targets() if self.pruning is not None else []
+        return plan_steps(steps_per_epoch, self.epochs, targets,
+                          self.lr.schedule == "cyclic_linear")
+
+    def lr_fn(self, plan: StepPlan) -> Callable[[int], float]:
+        """The learning rate of every optimizer step under ``plan`` (rewinds, warm-up)."""
+        warmup = int(round(self.lr.warmup_epochs * plan.steps_per_epoch))
+
+        def lr(step: int) -> float:
+            return lr_at(step, plan.cycle_starts, plan.total_steps, self.lr.max, self.lr.min,
+                         warmup)
+
+        return lr
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
@@ -295,7 +268,7 @@ def scaled_recipe(
     # One step (target ≤ s₀) sits at the start of the recovery: dense until then.
     start = warmup if n > 1 else end
     freq = (end - start) / (n - 1) if n > 1 else 1.0
-    fisher = FisherConfig(block_size=50 if mask == "unstructured" else 32)
+    fisher = FisherConfig()  # B: the paper's for the mask (50, or 32 for block4)
     return Recipe(
         epochs=epochs,
         lr=LRConfig("cyclic_linear", 8e-5, 8e-6),

@@ -1,0 +1,162 @@
+"""What the CLI's jobs share (data arguments, the output writer, dev scoring) and the small
+jobs: fine-tune and evaluate. Each reads its inputs, checks them before any long work, and
+writes its output folder atomically."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from obert import __version__
+from obert.data.glue import load_split, subsample
+from obert.data.tasks import TaskSpec, get_task
+from obert.data.tokenize import encode
+from obert.errors import ObertError
+from obert.io import atomic_output, check_output, save_model, sparsity_report
+from obert.models import load_classifier, load_tokenizer
+from obert.pruning.targets import find_targets
+from obert.training.evaluate import evaluate_split
+from obert.training.finetune import FinetuneConfig, finetune
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class DataArgs:
+    """Where a task's data comes from: a local folder, explicit files, or the hub."""
+
+    task: str
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    max_train_samples: int | None = None
+    seed: int = 42
+    doc_stride: int = 128  # QA: overlap of the windows over a long context
+    split_articles: int | None = None  # QA: train on dev minus its last N articles, test on them
+
+    @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.task)
+
+    def load(self, split: str) -> datasets.Dataset:
+        if self.split_articles is not None:
+            from obert.data.qa import split_articles
+
+            if not self.spec.is_qa:
+                raise ObertError("--split-articles is for --task squad only")
+            if split not in ("train", "dev"):
+                raise ObertError(f"with --split-articles the splits are train and dev, not {split}")
+            whole = load_split(self.spec, "dev", self.data_dir, self.validation_file)
+            ds = split_articles(whole, self.split_articles)[0 if split == "train" else 1]
+        else:
+            file = {"train": self.train_file, "dev": self.validation_file}.get(split)
+            ds = load_split(self.spec, split, self.data_dir, file)
+        if split == "train":
+            ds = subsample(ds, self.max_train_samples, self.seed)
+        return ds
+
+    def describe(self) -> dict:
+        out = {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
+               "validation_file": self.validation_file,
+               "max_train_samples": self.max_train_samples, "seed": self.seed}
+        if self.spec.is_qa:
+            out["doc_stride"] = self.doc_stride
+            out["split_articles"] = self.split_articles
+            if self.split_articles is not None:
+                out["split"] = (f"article split of the dev file: train = all but its last "
+                                f"{self.split_articles} articles, dev = those {self.split_articles}")
+        return out
+
+
+def set_quiet(quiet: bool) -> None:
+    """No progress bars from datasets, transformers (incl. "Writing model shards") or the hub."""
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
+def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: str,
+                 overwrite: bool = False, quiet: bool = False) -> dict:
+    task = data.spec
+    check_output(output, overwrite)
+    train = data.load("train")
+    tokenizer = load_tokenizer(model_name)
+    model = load_classifier(model_name, task)
+    log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training rows")
+    t0 = time.time()
+    summary = finetune(model, tokenizer, encode(train, tokenizer, task, cfg.max_seq_length, data.doc_stride), cfg, quiet)
+    summary["wall_s"] = time.time() - t0
+    metrics = maybe_evaluate(model, tokenizer, data, cfg.max_seq_length, quiet)
+    info = {**sparsity_report(model, targets_or_none(model)), "method": "dense-finetune",
+            "settings": cfg.to_dict(), "train": summary}
+    write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
+    return metrics
+
+
+def provenance(model_name: str, data: DataArgs) -> dict:
+    """Where an output came from, for its ``sparsity.json``."""
+    return {"obert_version": __version__, "source_model": model_name, "data": data.describe()}
+
+
+def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str,
+                  data: DataArgs, info: dict, metrics: dict,
+                  extra: Callable[[Path], None] | None = None) -> None:
+    """The model folder with sparsity.json (provenance added) and eval_results.json, atomically;
+    ``extra`` writes more files into the temporary folder before it is renamed."""
+    info = {**info, **provenance(model_name, data)}
+    with atomic_output(output, overwrite) as tmp:
+        save_model(model, tokenizer, tmp, info)
+        if metrics:
+            (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
+
+
+def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_length: int = 128,
+                 batch_size: int = 64, quiet: bool = False) -> dict:
+    task = data.spec
+    ds = data.load(split)
+    if len(ds) and "label" in ds.column_names and ds[0]["label"] == -1:
+        raise ObertError(f"the {split} split of {task.name} has no labels to score: use --split dev")
+    tokenizer = load_tokenizer(model_name)
+    model = load_classifier(model_name, task)
+    metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
+                             data.doc_stride)
+    sp = Path(model_name) / "sparsity.json"
+    sparsity = json.loads(sp.read_text())["global_sparsity"] if sp.is_file() else None
+    return {"task": task.name, "split": split, **metrics, "sparsity": sparsity}
+
+
+def targets_or_none(model) -> dict:
+    try:
+        return find_targets(model)
+    except ObertError:
+        return {}
+
+
+def maybe_evaluate(model, tokenizer, data: DataArgs, max_seq_length: int, quiet: bool) -> dict:
+    """Dev metrics when a dev split can be had; training outputs do not fail without one."""
+    try:
+        dev = data.load("dev")
+    except ObertError as e:
+        log(f"no evaluation: {e}")
+        return {}
+    task = data.spec
+    metrics = evaluate_split(model, dev, tokenizer, task, max_seq_length, quiet=quiet,
+                             doc_stride=data.doc_stride)
+    log("dev " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in metrics.items()))
+    return {"task": task.name, "split": "dev", **metrics}
+

@@ -1,0 +1,314 @@
+"""``obert prune``: gradual pruning (or dense distillation) by a recipe, in the HF Trainer.
+
+``run_prune`` is its steps, each a function here:
+
+1. ``training_args``: the Trainer's arguments (under torchrun this starts the process group);
+2. ``resume_point``: the checkpoint an interrupted run continues from, or a clean start;
+3. ``load_models``: student, tokenizer, teacher, and the targets under a ``MaskSet``;
+4. ``load_data``: the encoded train split and the dev split;
+5. ``build_trainer``: callbacks, Trainer, and the plan from the Trainer's own data loader;
+6. ``check_identity``: a resumed run must be the same run;
+7. ``train``; 8. ``write_outputs``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from obert.data.tokenize import batches, encode
+from obert.errors import ObertError
+from obert.io import check_output, sparsity_report
+from obert.models import has_cuda, load_classifier, load_tokenizer
+from obert.pruning.config import StepConfig
+from obert.pruning.distributed import Comm
+from obert.pruning.masks import MaskSet
+from obert.pruning.pruner import build_pruner
+from obert.pruning.step import fisher_memory_check
+from obert.training.evaluate import evaluate_split
+from obert.training.gradual import (
+    DistillTrainer,
+    MaskedPruning,
+    MetricsLog,
+    latest_checkpoint,
+    read_metrics,
+)
+from obert.training.recipe import Recipe
+from obert.training.schedule import StepPlan
+from obert.workflows.common import DataArgs, log, maybe_evaluate, write_output
+from obert.workflows.oneshot import target_masks
+
+
+@dataclass
+class PruneRunArgs:
+    """How to run a recipe (what the recipe itself does not say)."""
+
+    teacher: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    logging_steps: int | None = None  # default: about 8 per epoch
+    save_steps: int | None = None  # default: about 2 per epoch
+    eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    fp16: bool = False
+    keep_checkpoints: bool = False
+
+
+@dataclass
+class Models:
+    tokenizer: object
+    model: object
+    teacher: object | None
+    teacher_name: str | None
+    masks: MaskSet
+
+
+@dataclass
+class Splits:
+    train: object
+    dev: object | None  # encoded for classification, raw for QA (scored by ``eval_fn``)
+    eval_fn: object | None
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    """Where an unfinished ``obert prune`` keeps its checkpoints (beside the output)."""
+    out = Path(output)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def run_prune(model_name: str, data: DataArgs, recipe: Recipe, output: str,
+              run: PruneRunArgs | None = None) -> dict:
+    """Gradual pruning (or dense KD training) by ``recipe``; writes the model folder with
+    metrics.jsonl and plots/. ``run.resume`` continues from the last checkpoint."""
+    run = run or PruneRunArgs()
+    work = checkpoint_dir(output)
+    args = training_args(work, recipe, run, data.seed)
+    comm = Comm.current() if args.world_size > 1 else Comm()
+    resume_from = resume_point(output, work, run, comm)
+    models = load_models(model_name, data, recipe, run, comm)
+    splits = load_data(data, models.tokenizer, recipe, run)
+    trainer, masked, metrics_log, plan = build_trainer(args, models, splits, data, recipe, run,
+                                                       comm)
+    check_identity(work, resume_from, recipe, model_name, models.teacher_name, data, run, comm)
+    t0 = time.time()
+    out = train(trainer, masked, metrics_log, plan, resume_from)
+    wall = time.time() - t0
+    if not comm.is_main:
+        return {}
+    return write_outputs(output, work, trainer.model, models, data, recipe, run, plan, masked,
+                         metrics_log, out, wall, resume_from, model_name, comm)
+
+
+def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
+    """TrainingArguments with the recipe's batch and optimizer; ``max_steps`` and the logging
+    and saving intervals are set by ``build_trainer`` once the data loader's length is known."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=1,
+        learning_rate=recipe.lr.max,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=run.eval_batch_size,
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
+        weight_decay=recipe.weight_decay,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=1,
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+        report_to=[],
+        disable_tqdm=run.quiet,
+        log_level="error" if run.quiet else "warning",
+        use_cpu=not has_cuda(),
+        bf16=run.bf16,
+        fp16=run.fp16,
+    )
+    _ = args.world_size  # sets up the device and, under torchrun, the process group
+    return args
+
+
+def resume_point(output: str, work: Path, run: PruneRunArgs, comm: Comm) -> Path | None:
+    """The newest checkpoint of an interrupted run (``--resume``), or None after clearing the
+    way for a fresh one."""
+    if run.resume:
+        found = latest_checkpoint(work)
+        if found is None:
+            raise ObertError(f"--resume: no checkpoint in {work} to resume from; run without "
+                             "--resume")
+        check_output(output, True)
+        return found
+    check_output(output, run.overwrite)
+    if work.exists():
+        if not run.overwrite:
+            raise ObertError(f"an interrupted run's checkpoints are in {work}: pass --resume "
+                             "to continue it, or --overwrite to start over")
+        if comm.is_main:
+            shutil.rmtree(work)
+    return None
+
+
+def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunArgs,
+                comm: Comm) -> Models:
+    """Student and teacher; the student's targets under a MaskSet (its zeros stay pruned); the
+    Fisher's per-rank memory checked before any data is read."""
+    task, dcfg, pcfg = data.spec, recipe.distillation, recipe.pruning
+    tokenizer = load_tokenizer(model_name)
+    model, finetuned = load_classifier(model_name, task, with_info=True)
+    teacher_name = run.teacher or dcfg.teacher or (model_name if finetuned else None)
+    if dcfg.hardness > 0 and teacher_name is None:
+        raise ObertError(
+            f"the recipe distills (distillation.hardness {dcfg.hardness:g}) but {model_name} is "
+            f"not fine-tuned on {task.name}: pass --teacher with a fine-tuned model, or set "
+            "distillation.hardness: 0")
+    teacher = load_classifier(teacher_name, task) if dcfg.hardness > 0 else None
+    masks = target_masks(model, pcfg or StepConfig(), recipe.targets,
+                         "use mask unstructured or exclude it in targets")
+    if pcfg is not None:
+        fisher_memory_check(build_pruner(pcfg, masks, comm), pcfg, log)
+    return Models(tokenizer, model, teacher, teacher_name, masks)
+
+
+def load_data(data: DataArgs, tokenizer, recipe: Recipe, run: PruneRunArgs) -> Splits:
+    task = data.spec
+    train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length, data.doc_stride)
+    try:
+        dev_raw = data.load("dev")
+    except ObertError as e:
+        log(f"no evaluation during training: {e}")
+        return Splits(train, None, None)
+    if not task.is_qa:
+        return Splits(train, encode(dev_raw, tokenizer, task, recipe.max_seq_length), None)
+
+    def eval_fn(m):  # QA is scored on whole questions after span search, outside Trainer's loop
+        return evaluate_split(m, dev_raw, tokenizer, task, recipe.max_seq_length,
+                              run.eval_batch_size, True, data.doc_stride)
+
+    return Splits(train, dev_raw, eval_fn)
+
+
+def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: Recipe,
+                  run: PruneRunArgs, comm: Comm):
+    """The Trainer with its callbacks; the plan comes from its own training data loader, so
+    world size, batching and gradient accumulation are counted as the Trainer counts them."""
+    from transformers import DataCollatorWithPadding, IntervalStrategy, PrinterCallback
+
+    from obert.data.metrics import compute_metrics
+
+    task, pcfg, tokenizer = data.spec, recipe.pruning, models.tokenizer
+
+    def grad_batches(step: int):
+        return batches(splits.train, tokenizer, pcfg.fisher.grad_batch_size, data.seed + step)
+
+    masked = MaskedPruning(models.masks, pcfg, None, grad_batches, comm, run.quiet, log)
+    metrics_log = MetricsLog(Path(args.output_dir) / "metrics.jsonl", masked.sparsity)
+    args.eval_strategy = IntervalStrategy.STEPS if splits.dev is not None else IntervalStrategy.NO
+    trainer = DistillTrainer(
+        model=models.model, args=args, train_dataset=splits.train, eval_dataset=splits.dev,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        compute_metrics=None if task.is_qa else (
+            lambda p: compute_metrics(task, p.predictions, p.label_ids)),
+        eval_fn=splits.eval_fn,
+        callbacks=[masked, metrics_log], teacher=models.teacher, distill=recipe.distillation,
+    )
+    if run.quiet:
+        trainer.remove_callback(PrinterCallback)
+    spe = trainer.steps_per_epoch()
+    plan = recipe.plan(spe)
+    masked.plan, trainer.lr_fn = plan, recipe.lr_fn(plan)
+    args.max_steps = plan.total_steps
+    args.logging_steps = args.eval_steps = run.logging_steps or max(1, spe // 8)
+    args.save_steps = run.save_steps or max(1, spe // 2)
+    if pcfg is not None and comm.is_main:
+        log(f"{task.name}: {len(splits.train):,} training "
+            f"{'windows' if task.is_qa else 'rows'}, {spe} optimizer steps per epoch"
+            f"{f' per rank ({comm.world} ranks)' if comm.world > 1 else ''}, "
+            f"{plan.total_steps} in all; pruning at steps "
+            + ", ".join(f"{s} ({v:.1%})" for s, v in sorted(plan.prune_at.items())))
+    return trainer, masked, metrics_log, plan
+
+
+def check_identity(work: Path, resume_from: Path | None, recipe: Recipe, model_name: str,
+                   teacher_name: str | None, data: DataArgs, run: PruneRunArgs,
+                   comm: Comm) -> None:
+    """Record the run's identity in ``run.json``; a resumed run must match it."""
+    identity = {"recipe": recipe.to_dict(), "model": model_name, "teacher": teacher_name,
+                "data": data.describe(),
+                "gradient_accumulation_steps": run.gradient_accumulation_steps}
+    id_file = work / "run.json"
+    if resume_from is not None and id_file.is_file():
+        before = json.loads(id_file.read_text())
+        changed = sorted(k for k in identity
+                         if before.get(k) != json.loads(json.dumps(identity[k])))
+        if changed:
+            raise ObertError(f"--resume: {', '.join(changed)} differ from the interrupted run's "
+                             f"(see {id_file}); resume with the same arguments or use --overwrite")
+    if comm.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(json.dumps(identity, indent=2) + "\n")
+
+
+def train(trainer: DistillTrainer, masked: MaskedPruning, metrics_log: MetricsLog,
+          plan: StepPlan, resume_from: Path | None):
+    """Masks on, the step-0 pruning step if the plan has one, then the Trainer's loop."""
+    if resume_from is not None:
+        masked.load(resume_from)
+        if masked.comm.is_main:
+            metrics_log.truncate(int(resume_from.name.split("-")[-1]))
+        log(f"resuming from {resume_from} (sparsity {masked.sparsity():.4f})")
+    elif masked.comm.is_main:
+        metrics_log.path.write_text("")
+    masked.masks.attach()
+    try:
+        if resume_from is None:
+            masked.masks.apply()
+            if masked.cfg is not None and 0 in plan.prune_at:
+                masked.prune(0, trainer.model)
+        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        masked.masks.detach()
+
+
+def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs,
+                  recipe: Recipe, run: PruneRunArgs, plan: StepPlan, masked: MaskedPruning,
+                  metrics_log: MetricsLog, out, wall: float, resume_from: Path | None,
+                  model_name: str, comm: Comm) -> dict:
+    """The model folder (rank 0): weights, sparsity.json, eval_results.json, metrics, plots."""
+    from obert.training.plots import plot_run, schedule_curves
+
+    task, pcfg = data.spec, recipe.pruning
+    final = maybe_evaluate(model, models.tokenizer, data, recipe.max_seq_length, run.quiet)
+    modules = {n: model.get_submodule(n) for n in models.masks.weights}
+    report = sparsity_report(model, modules)
+    lr = recipe.lr_fn(plan)
+    info = {**report, "method": f"gradual-{pcfg.method}" if pcfg else "dense-distill",
+            "settings": {"recipe": recipe.to_dict(), "teacher": models.teacher_name,
+                         "steps_per_epoch": plan.steps_per_epoch,
+                         "total_steps": plan.total_steps,
+                         "prune_at": {str(k): v for k, v in sorted(plan.prune_at.items())},
+                         "gradient_accumulation_steps": run.gradient_accumulation_steps,
+                         "world_size": comm.world},
+            "pruning_steps": masked.history,
+            "train": {"train_loss": out.training_loss, "steps": out.global_step, "wall_s": wall,
+                      "resumed_from": str(resume_from) if resume_from else None}}
+
+    def run_files(tmp: Path) -> None:
+        shutil.copy(metrics_log.path, tmp / "metrics.jsonl")
+        curves = schedule_curves(plan.total_steps, [lr(s) for s in range(plan.total_steps)],
+                                 masked.history)
+        plot_run(read_metrics(metrics_log.path), report, sorted(plan.prune_at),
+                 task.main_metric, tmp / "plots", curves)
+
+    write_output(output, True, model, models.tokenizer, model_name, data, info, final, run_files)
+    if not run.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"wrote {output}: sparsity {report['global_sparsity']:.4f}, {plan.total_steps} steps "
+        f"in {wall:.0f}s")
+    return {**final, "sparsity": report["global_sparsity"], "wall_s": wall}

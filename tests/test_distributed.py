@@ -1,0 +1,120 @@
+"""The Fisher sharded over ranks: 2 gloo processes (torchrun) give the masks and weights of
+one process with the same total m, each rank holding half of the Fisher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from obert.cli import main
+from obert.pruning.distributed import BlockShards, Comm
+from obert.pruning.fisher import fisher_memory_bytes
+from obert.pruning.masks import MaskSet
+from obert.pruning.pruner import OBSPruner
+
+
+def test_block_shards_tile_every_tensor_and_halve_the_fisher():
+    numels = {"a": 1000, "b": 37, "c": 4 * 96}
+    shards = BlockShards(numels, 16, 2)
+    for name, d in numels.items():
+        (a0, b0), (a1, b1) = shards.ranges[name]
+        assert a0 == 0 and b0 == a1 and b1 == d and a1 % 16 == 0
+    flat = {n: torch.arange(d, dtype=torch.float64) for n, d in numels.items()}
+    parts = [shards.slices(flat, r) for r in range(2)]
+    assert sum(p.numel() for p in parts) == sum(numels.values())
+    back = shards.assemble(parts)
+    assert all(torch.equal(back[n], flat[n]) for n in numels)
+    # per-group values (k = 4) split at the same edges
+    groups = {n: torch.arange(d // 4, dtype=torch.float64) for n, d in numels.items() if d % 4 == 0}
+    g_shards = BlockShards({n: numels[n] for n in groups}, 16, 2)
+    g_parts = [torch.cat([groups[n][slice(a // 4, b // 4)] for n, (a, b) in
+                          ((n, g_shards.span(n, r)) for n in groups)]) for r in range(2)]
+    assert all(torch.equal(g_shards.assemble(g_parts, unit=4)[n], groups[n]) for n in groups)
+    # each of 2 ranks holds half of the Fisher blocks (to one block per tensor)
+    weights = {"q": torch.randn(64, 32), "f": torch.randn(128, 32)}
+    whole = fisher_memory_bytes([w.numel() for w in weights.values()], 50)
+    for rank in range(2):
+        p = OBSPruner(MaskSet(weights), block_size=50, comm=Comm(rank, 2))
+        mine = [b - a for a, b in (p.shards.span(n, rank) for n in weights)]
+        assert abs(fisher_memory_bytes(mine, 50) - whole / 2) <= 2 * 8 * 50 * 50
+        assert p.memory_bytes() < 0.75 * OBSPruner(MaskSet(weights), block_size=50).memory_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_no_dropout(tmp_path_factory, minilm_path: Path) -> Path:
+    """A tiny BERT without dropout, so that DDP training equals one process's up to rounding."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    out = tmp_path_factory.mktemp("nodrop") / "tiny"
+    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return out
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OBERT_DIST_TIMEOUT_MIN": "3"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "obert", *args],
+                          capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+def assert_same(a_dir: Path, b_dir: Path, atol: float) -> None:
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k] == 0, b[k] == 0), f"masks differ in {k}"
+        assert torch.allclose(a[k], b[k], atol=atol), k
+
+
+def test_oneshot_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
+    args = ["oneshot", "--model", str(tiny_no_dropout), "--task", "sst2", "--data-dir",
+            str(glue_dir), "--sparsity", "0.5", "0.8", "--num-grads", "7", "--grad-batch-size",
+            "4", "--fisher-block-size", "16", "--max-train-samples", "64", "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    proc = torchrun([*args, "--output", str(tmp_path / "two")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "per rank (2 ranks)" in proc.stderr
+    for s in ("sparsity-0.50", "sparsity-0.80"):
+        assert_same(tmp_path / "one" / s, tmp_path / "two" / s, atol=1e-6)
+
+
+RECIPE = """
+epochs: 2
+batch_size: {batch}
+max_seq_length: 64
+lr: {{schedule: cyclic_linear, max: 1e-3, min: 1e-4}}
+pruning: {{method: obert, init_sparsity: 0.5, final_sparsity: 0.8, start_epoch: 0.5,
+          end_epoch: 1.5, update_frequency: 0.5,
+          fisher: {{num_grads: 8, block_size: 16, grad_batch_size: 4}}}}
+distillation: {{hardness: 0.0}}
+"""
+
+
+def test_prune_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
+    # One process with batch 16 against 2 ranks with 8 each: the same global batches, the
+    # same total m = 8 gradients per pruning step (4 per rank), the same steps.
+    for batch in (16, 8):
+        (tmp_path / f"r{batch}.yaml").write_text(RECIPE.format(batch=batch))
+    args = ["prune", "--model", str(tiny_no_dropout), "--task", "sst2", "--data-dir",
+            str(glue_dir), "--max-train-samples", "128", "--quiet"]
+    assert main([*args, "--recipe", str(tmp_path / "r16.yaml"), "--output",
+                 str(tmp_path / "one")]) == 0
+    proc = torchrun([*args, "--recipe", str(tmp_path / "r8.yaml"), "--output",
+                     str(tmp_path / "two")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same(tmp_path / "one", tmp_path / "two", atol=1e-5)
+    import json
+
+    info = json.loads((tmp_path / "two" / "sparsity.json").read_text())
+    assert info["settings"]["world_size"] == 2
+    assert [h["step"] for h in info["pruning_steps"]] == [4, 8, 12]

@@ -371,7 +371,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res["src_sha"] = sorted(shas)  # more than one: src changed between the configurations
     res["configs"] = configs
     res["agreement"] = agreement(results["a"], results["b"], blocks["a"], blocks["b"])
-    if a.quick:
+    if a.hidden != HIDDEN or a.num_grads != FULL_M:  # a scaled-down run
         res["projection_to_full"] = projection(a, configs)
     res["elapsed_s"] = time.perf_counter() - t_start
     ag = res["agreement"]

@@ -46,6 +46,48 @@ def test_block_shards_tile_every_tensor_and_halve_the_fisher():
         assert p.memory_bytes() < 0.75 * OBSPruner(MaskSet(weights), block_size=50).memory_bytes()
 
 
+def _collectives(rank: int, port: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from obert.errors import ObertError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    comm = Comm.current()
+    # uneven pieces: rank r sends r + 1 + s values to rank s
+    got = comm.exchange([torch.full((rank + 1 + s,), float(10 * rank + s)) for s in range(2)])
+    gathered = comm.gather(torch.arange(rank + 2, dtype=torch.float64))
+    comm.agree("ab" * 32, "weights")  # equal digests pass
+    try:
+        comm.agree(("ab" if rank == 0 else "cd") * 32, "weights")
+        refused = ""
+    except ObertError as e:
+        refused = str(e)
+    Path(out, f"{rank}.json").write_text(json.dumps({
+        "got": [g.tolist() for g in got], "gathered": [g.tolist() for g in gathered],
+        "refused": refused}))
+    dist.destroy_process_group()
+
+
+def test_collectives_on_two_gloo_ranks(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_collectives, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert r[0]["got"] == [[0.0], [10.0, 10.0]]  # from rank 0 (1 value), rank 1 (2 values)
+    assert r[1]["got"] == [[1.0, 1.0], [11.0, 11.0, 11.0]]
+    assert r[0]["gathered"] == r[1]["gathered"] == [[0.0, 1.0], [0.0, 1.0, 2.0]]
+    assert all("ranks disagree on the weights" in x["refused"] for x in r)
+
+
 @pytest.fixture(scope="module")
 def tiny_no_dropout(tmp_path_factory, minilm_path: Path) -> Path:
     """A tiny BERT without dropout, so that DDP training equals one process's up to rounding."""

@@ -170,12 +170,15 @@ def test_lr_follows_global_step_when_a_step_is_skipped(tmp_path, tiny_model_dir,
         assert lr == pytest.approx(lr_at(step - 1, [0, 2, 4, 6], 8, 1e-3, 1e-4)), step
 
 
-def test_several_sparsities_equal_separate_runs(tmp_path, tiny_finetuned_dir, glue_dir):
+def test_several_sparsities_equal_separate_runs(tmp_path, tiny_finetuned_dir, glue_dir, capfd):
     common = ["--model", str(tiny_finetuned_dir), "--task", "sst2", "--data-dir", str(glue_dir),
               "--num-grads", "6", "--grad-batch-size", "4", "--max-train-samples", "64",
               "--quiet"]
     assert main(["oneshot", *common, "--sparsity", "0.7", "0.5", "--output",
                  str(tmp_path / "both")]) == 0
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "it/s]" not in err  # --quiet: no bars
+    assert err.count("Fisher inverse:") == 1  # one Fisher for both sparsities
     summary = json.loads((tmp_path / "both" / "results.json").read_text())
     assert [r["sparsity"] for r in summary] == [0.5, 0.7]
     for s in ("0.5", "0.7"):

@@ -28,7 +28,7 @@ class Pruner:
     dimension (consecutive in the row-major flattening of a Linear weight [out, in]).
     """
 
-    needs_grads = False
+    needs_grads = False  # True: feed it gradients (begin, add_grads) before each step
 
     def __init__(self, masks: MaskSet, comm: Comm | None = None) -> None:
         self.masks, self.weights, self.k = masks, masks.weights, masks.k

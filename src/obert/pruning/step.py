@@ -19,7 +19,7 @@ from obert.pruning.config import StepConfig
 from obert.pruning.distributed import Comm, weights_digest
 from obert.pruning.gradients import gradient_rounds
 from obert.pruning.masks import MaskSet
-from obert.pruning.pruner import OBSPruner, Pruner, build_pruner, sparsity_schedule
+from obert.pruning.pruner import Pruner, build_pruner, sparsity_schedule
 
 Log = Callable[[str], None]
 
@@ -34,7 +34,7 @@ def human_bytes(n: float) -> str:
 
 def fisher_memory_check(pruner: Pruner, cfg: StepConfig, log: Log) -> None:
     """Print this rank's Fisher memory before allocation; refuse it over the per-rank budget."""
-    if not isinstance(pruner, OBSPruner):
+    if not pruner.needs_grads:  # no Fisher
         return
     need = pruner.memory_bytes()
     n = sum(w.numel() for w in pruner.weights.values())
@@ -51,10 +51,11 @@ def fisher_memory_check(pruner: Pruner, cfg: StepConfig, log: Log) -> None:
             f"{len(pruner.weights)} tensors (B={cfg.block_size}, float64)")
 
 
-def estimate_fisher(pruner: OBSPruner, model: nn.Module, batches: Iterable, num_grads: int,
+def estimate_fisher(pruner: Pruner, model: nn.Module, batches: Iterable, num_grads: int,
                     log: Log, quiet: bool = False) -> dict[str, Tensor]:
     """Feed ``num_grads`` gradients (split over the ranks) to a fresh Fisher and invert it;
-    a factorisation that needed more damping is logged with its tensor, block and λ."""
+    a factorisation that needed more damping is logged with its tensor, block and λ. For a
+    pruner that ``needs_grads`` (``OBSPruner``: begin, add_grads, current_fisher_inv)."""
     comm = pruner.comm
     pruner.begin()
     with gradient_rounds(model, pruner.weights, batches, num_grads, comm.rank, comm.world,
@@ -87,11 +88,11 @@ def pruning_step(model: nn.Module, masks: MaskSet, cfg: StepConfig, target: floa
     pruner = build_pruner(cfg, masks, comm)
     if pruner.needs_grads and batches is None:
         raise ValueError(f"{cfg.method} needs gradient batches")
-    fisher_memory_check(pruner, cfg, log)
+    fisher_memory_check(pruner, cfg, lambda _: None)  # callers print the estimate once
     before, failures = masks.sparsity(), 0
     schedule = sparsity_schedule(before, target, cfg.recomputations)
     for i, s in enumerate(schedule):
-        if isinstance(pruner, OBSPruner):
+        if pruner.needs_grads:
             estimate_fisher(pruner, model, batches, cfg.fisher.num_grads, log, quiet)
             failures += len(pruner.failures)
         pruner.step(s, cfg.scope)
@@ -114,6 +115,7 @@ def prune_each(model: nn.Module, masks: MaskSet, cfg: StepConfig, sparsities: li
         raise ObertError("several --sparsity values share one Fisher only with "
                          "--recomputations 1: run each sparsity on its own")
     comm = comm or Comm()
+    fisher_memory_check(build_pruner(cfg, masks, comm), cfg, log)
     if len(sparsities) == 1 or not cfg.needs_grads:
         start = {n: w.detach().clone() for n, w in masks.weights.items()}
         start_masks = masks.clone()
@@ -123,8 +125,6 @@ def prune_each(model: nn.Module, masks: MaskSet, cfg: StepConfig, sparsities: li
             done(s)
         return
     pruner = build_pruner(cfg, masks, comm)
-    assert isinstance(pruner, OBSPruner)
-    fisher_memory_check(pruner, cfg, log)
     finv = estimate_fisher(pruner, model, batches, cfg.fisher.num_grads, log, quiet)
     start = {n: w.detach().clone() for n, w in masks.weights.items()}
     start_masks = masks.clone()

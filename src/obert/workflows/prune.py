@@ -24,7 +24,7 @@ from obert.errors import ObertError
 from obert.io import check_output, sparsity_report
 from obert.models import has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig
-from obert.pruning.distributed import Comm
+from obert.pruning.distributed import TIMEOUT, Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check
@@ -130,6 +130,7 @@ def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
         use_cpu=not has_cuda(),
         bf16=run.bf16,
         fp16=run.fp16,
+        ddp_timeout=int(TIMEOUT.total_seconds()),  # the Fisher's collectives use it too
     )
     _ = args.world_size  # sets up the device and, under torchrun, the process group
     return args

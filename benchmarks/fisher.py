@@ -38,6 +38,10 @@ from obert.pruning.fisher import EmpiricalFisher, fisher_memory_bytes, num_block
 
 BERT_BASE_LAYER = 7_077_888  # one BERT-base encoder layer's prunable weights (PAPER.md)
 MB = 1e6
+# This benchmark compares at equal precision with the fp32 Woodbury reference: the float32
+# accumulator. src now defaults to float64 (2x the memory; its cost is measured by
+# benchmarks/fisher_ranks.py).
+ACCUM_DTYPE = torch.float32
 EQUAL_MEMORY_TOL = 0.10  # "equal memory": ours' peak RSS at most 10% above Woodbury's
 
 
@@ -152,7 +156,7 @@ def worker_time(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     if ours:
-        fisher = EmpiricalFisher(d, bsz, damp, chunk=args.worker_chunk)
+        fisher = EmpiricalFisher(d, bsz, damp, chunk=args.worker_chunk, dtype=ACCUM_DTYPE)
     else:
         finv = woodbury_init(nb, bsz, damp)
     setup_s = time.perf_counter() - t0
@@ -227,7 +231,7 @@ def worker_check(args: argparse.Namespace) -> dict[str, Any]:
     nb = num_blocks(d, bsz)
     gen = torch.Generator()
     idx = sample_blocks(nb, args.dense_blocks, args.seed)
-    fisher = EmpiricalFisher(d, bsz, damp, chunk=args.worker_chunk)
+    fisher = EmpiricalFisher(d, bsz, damp, chunk=args.worker_chunk, dtype=ACCUM_DTYPE)
     wood = woodbury_init(nb, bsz, damp)
     gs = torch.empty(m, idx.numel(), bsz, dtype=torch.float64)
     for i in progress(range(m), f"check m={m}", args.quiet):
@@ -455,7 +459,7 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     others = [r["other_cpu_cores"] for r in all_runs]
     shared = max(others) > 0.5
     nb = num_blocks(a["d"], a["block_size"])
-    acc_mb = fmt_mb(fisher_memory_bytes(a["d"], a["block_size"]))
+    acc_mb = fmt_mb(fisher_memory_bytes(a["d"], a["block_size"], itemsize=4))
     gen_ms = sum(r["gen_per_grad_s"] for r in wruns) / len(wruns) * 1e3
     L: list[str] = ["# Empirical Fisher inverse: chunked GᵀG + Cholesky vs. rank-1 Woodbury", ""]
     L += [f"Generated {res['date']} ({res['elapsed_min']:.1f} min) by:", ""]

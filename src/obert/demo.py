@@ -68,7 +68,7 @@ def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: in
 
         prune_each(pruned, masks, cfg, list(SPARSITIES), loader, done, log=lambda _: None,
                    quiet=quiet)
-    with atomic_output(output, overwrite=True) as tmp:
+    with atomic_output(output, overwrite=True, log=log) as tmp:
         save_model(model, tokenizer, tmp / "dense")
         (tmp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows, num_grads, label))

@@ -16,28 +16,79 @@ from obert.errors import ObertError
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an existing output folder unless ``overwrite``; call before any work starts."""
+    """Refuse an output location that cannot take a new folder; call before any work starts."""
     path = Path(path)
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise ObertError(f"--output {path} is a file, not a folder: choose another --output")
     if path.exists() and not overwrite:
         raise ObertError(f"output folder {path} already exists: choose another --output or pass --overwrite")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise ObertError(f"the parent folder of --output {path} does not exist")
+    try:  # the one sure test (root passes os.access anywhere): make a folder there
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=path.parent))
+    except OSError as e:
+        raise ObertError(f"cannot write in {path.parent} ({e.strerror or type(e).__name__}): "
+                         "choose another --output") from None
     return path
 
 
+def sweep_stale(path: Path, log=None) -> None:
+    """Remove temporary folders beside ``path`` left by runs that were killed (their process is
+    gone): ``.NAME.tmp-PID-*``."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name[len(f".{path.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            if log is not None:
+                log(f"removed {tmp}, left by an interrupted run (process {pid})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_permissions(folder: Path) -> None:
+    """Folders 0777 and files 0666 less the umask (0755/0644 under 022), as ``mkdir`` and
+    ``open`` would give; ``mkdtemp`` makes 0700 and some writers 0600."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; rename it to ``path`` only on success."""
+def atomic_output(path: str | os.PathLike, overwrite: bool = False, log=None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; rename it to ``path`` only on success.
+
+    Any failure removes the temporary folder; one left by a killed run (SIGKILL) is swept by
+    the next run into the same place. The result follows the umask like a plain folder."""
     path = check_output(path, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    sweep_stale(path, log)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
+        publish_permissions(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
 
 
 def sparsity_report(model: nn.Module, targets: dict[str, nn.Module]) -> dict:

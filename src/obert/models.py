@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from dataclasses import dataclass
 
 from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
@@ -24,6 +26,74 @@ def _quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+HUB_REACH_TIMEOUT_S = 3.0
+# Models whose position ids start after the padding index (RoBERTa-style): 2 positions unused.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+
+
+def check_source(name: str) -> None:
+    """A local folder, or a hub id that can be fetched now (or is in the local cache).
+
+    Offline (``HF_HUB_OFFLINE``) or with no network, an id that is neither fails in seconds with
+    one line instead of transformers' minute of retries."""
+    if os.path.isdir(name):
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(name):
+        raise ObertError(f"model folder {name} does not exist")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: transformers can load it offline
+    if constants.HF_HUB_OFFLINE:
+        raise ObertError(f"{name!r} is neither a local folder nor in the cache, and "
+                         "HF_HUB_OFFLINE is set: pass a local model folder")
+    if not _hub_reachable(constants.ENDPOINT):
+        raise ObertError(f"{name!r} is not a local folder and the Hugging Face hub "
+                         f"({constants.ENDPOINT}) cannot be reached: pass a local model folder")
+
+
+@functools.cache
+def _hub_reachable(endpoint: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), HUB_REACH_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def load_config(name_or_path: str):
+    """The model's config, with a message that blames config.json when it is at fault."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    check_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except Exception as e:
+        raise ObertError(_load_error(name_or_path, e, "config")) from None
+
+
+def max_tokens(config) -> int | None:
+    """The longest sequence the model's position embeddings take, if it has any."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+        n -= (getattr(config, "pad_token_id", None) or 1) + 1
+    return n
+
+
+def check_seq_len(config, n: int, flag: str = "--max-seq-length") -> None:
+    limit = max_tokens(config)
+    if limit is not None and n > limit:
+        raise ObertError(f"{flag} {n} exceeds the {limit} positions of this "
+                         f"{getattr(config, 'model_type', 'model')}: use at most {limit}")
+
+
 def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     """An ``AutoModelForSequenceClassification`` with the task's label count and names (an
     ``AutoModelForQuestionAnswering`` for a QA task).
@@ -32,17 +102,9 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     ``with_info`` it returns ``(model, finetuned)``: whether every weight, the task head
     included, came from the checkpoint (the model is already fine-tuned for this task).
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-    )
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
-    _quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except Exception as e:
-        raise ObertError(_load_error(name_or_path, e)) from None
+    config = load_config(name_or_path)
     auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
     same_task = config.num_labels == task.num_labels and getattr(config, "finetuning_task", None) == task.name
     kwargs = {}
@@ -59,11 +121,32 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
         )
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
+    trained_for = getattr(config, "finetuning_task", None)
     model.config.finetuning_task = task.name
     if with_info:
         fresh = info.get("missing_keys") or info.get("mismatched_keys")
-        return model, not fresh
+        return model, HeadInfo(head_loaded=not fresh, trained_for=trained_for)
     return model
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """What a loaded checkpoint says about its task head."""
+
+    head_loaded: bool  # every weight, the head included, came from the checkpoint
+    trained_for: str | None  # the config's finetuning_task (obert finetune records it)
+
+    def fine_tuned_on(self, task: TaskSpec) -> bool:
+        """The head was loaded and obert (or the config) says it was trained on ``task``."""
+        return self.head_loaded and self.trained_for == task.name
+
+
+def check_head(name: str, info: HeadInfo, task: TaskSpec, role: str = "model") -> None:
+    """Refuse a model whose task head was made up at load time (chance-level scores)."""
+    if not info.head_loaded:
+        raise ObertError(
+            f"the {role} {name} has no trained {task.name} head (its head would start random "
+            f"and score at chance): fine-tune it first with obert finetune --task {task.name}")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
@@ -73,6 +156,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    load_config(name_or_path)  # a broken config.json is named as such, not as the tokenizer
     if os.path.isdir(name_or_path) and not any(
         os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES
     ):
@@ -89,25 +173,29 @@ def load_tokenizer(name_or_path: str):
 
 def _load_error(name: str, e: Exception, what: str = "model") -> str:
     if os.path.isdir(name):
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        need = "tokenizer files" if what == "tokenizer" else "config.json and model.safetensors"
-        return f"cannot load the {what} in {name}: {first[:200]}; it needs {need}"
+        need = {"tokenizer": "tokenizer files", "config": "a valid config.json"}.get(
+            what, "config.json and model.safetensors")
+        return f"cannot load the {what} in {name}: {_first_sentence(e)}; it needs {need}"
     if os.path.sep in name and not os.path.exists(name):
         return f"model folder {name} does not exist"
     return (f"cannot load {name!r} from the Hugging Face hub ({type(e).__name__}): "
             "check the id, or pass a local model folder")
 
 
+def _first_sentence(e: Exception, limit: int = 240) -> str:
+    """The first sentence of an error, whole words only, on one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    end = text.find(". ")
+    text = text[: end + 1] if 0 < end < limit else text
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def load_for_inference(name_or_path: str):
     """The model class its config names (``architectures[0]``), else ``AutoModel``; eval mode."""
     import transformers
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    _quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except Exception as e:
-        raise ObertError(_load_error(name_or_path, e)) from None
+    config = load_config(name_or_path)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     try:

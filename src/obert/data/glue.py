@@ -24,8 +24,13 @@ _TABLE_EXTS = (".parquet", ".csv", ".json", ".jsonl", ".tsv")
 
 def read_glue_tsv(path: str | os.PathLike, task: TaskSpec) -> datasets.Dataset:
     """Read one official GLUE TSV: tab-separated, no quoting, no NA conversion, BOM-tolerant."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise ObertError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except (OSError, csv.Error) as e:
+        raise ObertError(f"cannot read {path}: {_first_line(e)}") from None
     if not rows:
         raise ObertError(f"{path} is empty: expected a GLUE TSV with a header line")
     # CoLA's train/dev have no header; its test file has one ("index", "sentence").
@@ -90,8 +95,35 @@ def read_table(path: str | os.PathLike, task: TaskSpec) -> datasets.Dataset:
     )
     if kind is None:
         raise ObertError(f"{path}: unsupported file type; use .tsv, .csv, .json, .jsonl or .parquet")
-    ds = datasets.load_dataset(kind, data_files=path, split="train")
+    if kind != "parquet" and _rows_in_text(path, kind) == 0:
+        return _check_columns(_empty(task), task, path)  # check_split then says "no rows"
+    try:
+        ds = datasets.load_dataset(kind, data_files=path, split="train")
+    except Exception as e:  # pyarrow/json/csv parse errors, bad bytes: one line naming the file
+        raise ObertError(f"cannot read {path} as {kind} ({type(e).__name__}: {_first_line(e)}): "
+                         "check the file") from None
     return _check_columns(ds, task, path)
+
+
+def _rows_in_text(path: str, kind: str) -> int:
+    """0 if a CSV has no line after its header, or a JSON file no non-blank line; else 1."""
+    need = 2 if kind == "csv" else 1
+    seen = 0
+    with open(path, "rb") as f:
+        for line in f:
+            seen += bool(line.strip())
+            if seen >= need:
+                return 1
+    return 0
+
+
+def _empty(task: TaskSpec) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({**{k: [] for k in task.text_keys}, "label": []})
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def _check_columns(ds: datasets.Dataset, task: TaskSpec, where: str) -> datasets.Dataset:

@@ -60,15 +60,21 @@ def load_squad_json(path: str | Path) -> datasets.Dataset:
         raise ObertError(f"{path} is not a SQuAD-format JSON file ({type(e).__name__}: "
                          f"{str(e)[:80]}): it needs a top-level 'data' list of articles") from None
     rows: dict[str, list] = defaultdict(list)
-    for article in data:
-        for para in article["paragraphs"]:
-            for qa in para["qas"]:
-                rows["id"].append(qa["id"])
-                rows["title"].append(article.get("title", ""))
-                rows["context"].append(para["context"])
-                rows["question"].append(qa["question"])
-                rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
-                                        "answer_start": [a["answer_start"] for a in qa["answers"]]})
+    try:
+        for article in data:
+            for para in article["paragraphs"]:
+                for qa in para["qas"]:
+                    rows["id"].append(qa["id"])
+                    rows["title"].append(article.get("title", ""))
+                    rows["context"].append(para["context"])
+                    rows["question"].append(qa["question"])
+                    rows["answers"].append({
+                        "text": [a["text"] for a in qa["answers"]],
+                        "answer_start": [a["answer_start"] for a in qa["answers"]]})
+    except (KeyError, TypeError) as e:
+        raise ObertError(f"{path} is not in SQuAD format: an entry lacks {e} (articles need "
+                         "'paragraphs', paragraphs 'context' and 'qas', questions 'id', "
+                         "'question' and 'answers')") from None
     return datasets.Dataset.from_dict(dict(rows))
 
 
@@ -98,6 +104,27 @@ def _questions(tokenizer, questions: list[str], max_query_length: int) -> list[s
             q = q[: enc["offset_mapping"][max_query_length - 1][1]]
         out.append(q)
     return out
+
+
+MAX_QUERY_LENGTH = 64  # questions are cut to this many tokens (run_qa.py's default)
+SPECIAL_TOKENS = 4  # [CLS] q [SEP] c [SEP] (RoBERTa: <s> q </s></s> c </s>)
+
+
+def check_windows(max_length: int, doc_stride: int,
+                  max_query_length: int = MAX_QUERY_LENGTH) -> None:
+    """Refuse window settings the tokenizer cannot honour for the longest question: the
+    context part of a window (max_length − question − special tokens) must exceed the stride."""
+    room = max_length - max_query_length - SPECIAL_TOKENS
+    if room < 1:
+        raise ObertError(
+            f"--max-seq-length {max_length} leaves no room for context after a question of up "
+            f"to {max_query_length} tokens: use at least {max_query_length + SPECIAL_TOKENS + 32} "
+            "(the paper uses 384)")
+    if doc_stride >= room:
+        raise ObertError(
+            f"--doc-stride {doc_stride} must be below the {room} context tokens a "
+            f"{max_length}-token window leaves after a question of up to {max_query_length} "
+            f"tokens: use --doc-stride {max(1, room // 2)} or a longer --max-seq-length")
 
 
 def _windows(examples, tokenizer, max_length: int, doc_stride: int, max_query_length: int):

@@ -89,6 +89,17 @@ class Comm:
         if buf.data_ptr() != x.data_ptr():
             x.copy_(buf)
 
+    def finish(self) -> None:
+        """Wait for every rank (rank 0 may still be writing), then close the process group:
+        a rank that exits with gloo's threads still running aborts ("terminate called")."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            _run("the final barrier", dist.barrier)
+            dist.destroy_process_group()
+
     def agree(self, digest: str, what: str) -> None:
         """Raise unless every rank computed the same ``digest`` of ``what``."""
         if self.world == 1:

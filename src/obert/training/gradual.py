@@ -33,6 +33,7 @@ from obert.training.schedule import StepPlan
 
 MASKS_FILE = "obert_masks.safetensors"
 STATE_FILE = "obert_pruning.json"
+COMPLETE_FILE = "obert_complete"  # written last: the checkpoint is whole
 
 
 class MaskedPruning(TrainerCallback):
@@ -93,14 +94,22 @@ class MaskedPruning(TrainerCallback):
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, folder: Path) -> None:
+        """Masks and history beside the Trainer's files (all written before ``on_save``), then
+        the marker that says the checkpoint is complete."""
         if not folder.is_dir():
             return
         self.masks.save(folder / MASKS_FILE)
         (folder / STATE_FILE).write_text(json.dumps({"history": self.history}, indent=2) + "\n")
+        (folder / COMPLETE_FILE).write_text("")
 
     def load(self, folder: Path) -> None:
-        self.masks.load(folder / MASKS_FILE)
-        self.history = json.loads((folder / STATE_FILE).read_text())["history"]
+        """Masks and history of a checkpoint; ValueError if they are missing or broken."""
+        try:
+            history = json.loads((folder / STATE_FILE).read_text())["history"]
+            self.masks.load(folder / MASKS_FILE)
+        except Exception as e:  # OSError, JSON, safetensors' own error on a truncated file
+            raise ValueError(f"{type(e).__name__}: {str(e).strip()[:120]}") from None
+        self.history = history
 
 
 class PlanLR(LRScheduler):
@@ -232,14 +241,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The ``checkpoint-N`` with the largest N that holds our masks (a complete save)."""
-    best = None
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders whose save finished (marker present), newest first."""
+    found = []
     for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        try:
-            n = int(p.name.split("-")[-1])
-        except ValueError:
-            continue
-        if (p / MASKS_FILE).is_file() and (best is None or n > best[0]):
-            best = (n, p)
-    return best[1] if best else None
+        n = p.name.split("-")[-1]
+        if n.isdigit() and (p / COMPLETE_FILE).is_file():
+            found.append((int(n), p))
+    return [p for _, p in sorted(found, reverse=True)]

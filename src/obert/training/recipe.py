@@ -222,11 +222,16 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             )
         path = bundled[str(name_or_path)]
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not a text file (not UTF-8): pass a YAML recipe") from None
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0]
         raise RecipeError(f"recipe {path} is not valid YAML: {first}") from None
-    return recipe_from_dict(data if data is not None else {})
+    if data is None:  # empty or comments only: running the defaults would surprise
+        raise RecipeError(f"recipe {path} is empty: write the keys of the run (see 'obert "
+                          "recipe --target-sparsity 0.9 --epochs 30') or name a bundled recipe")
+    return recipe_from_dict(data)
 
 
 # --- the sparsity-scaled rule ---------------------------------------------------------------

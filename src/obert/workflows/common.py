@@ -14,12 +14,13 @@ from pathlib import Path
 import datasets
 
 from obert import __version__
+from obert.data.checks import check_split
 from obert.data.glue import load_split, subsample
 from obert.data.tasks import TaskSpec, get_task
 from obert.data.tokenize import encode
 from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model, sparsity_report
-from obert.models import load_classifier, load_tokenizer
+from obert.models import check_head, check_seq_len, load_classifier, load_config, load_tokenizer
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate_split
 from obert.training.finetune import FinetuneConfig, finetune
@@ -61,7 +62,14 @@ class DataArgs:
             ds = load_split(self.spec, split, self.data_dir, file)
         if split == "train":
             ds = subsample(ds, self.max_train_samples, self.seed)
-        return ds
+        return check_split(ds, self.spec, split, self.where(split))
+
+    def where(self, split: str) -> str:
+        """Where a split comes from, in the words of the flags that chose it."""
+        file = {"train": self.train_file, "dev": self.validation_file}.get(split)
+        if self.split_articles is not None:
+            return f"--split-articles {self.split_articles} of the dev file"
+        return file or self.data_dir or "the Hugging Face hub"
 
     def describe(self) -> dict:
         out = {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
@@ -74,6 +82,22 @@ class DataArgs:
                 out["split"] = (f"article split of the dev file: train = all but its last "
                                 f"{self.split_articles} articles, dev = those {self.split_articles}")
         return out
+
+
+def check_inputs(model_name: str, data: DataArgs, max_seq_length: int,
+                 output: str | None = None, overwrite: bool = False):
+    """What can be checked before any work: the output location, the model's config (a local
+    folder or a reachable id), the sequence length against its positions, and SQuAD's window
+    arithmetic. Returns the config."""
+    if output is not None:
+        check_output(output, overwrite)
+    config = load_config(model_name)
+    check_seq_len(config, max_seq_length)
+    if data.spec.is_qa:
+        from obert.data.qa import check_windows
+
+        check_windows(max_seq_length, data.doc_stride)
+    return config
 
 
 def set_quiet(quiet: bool) -> None:
@@ -90,7 +114,7 @@ def set_quiet(quiet: bool) -> None:
 def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: str,
                  overwrite: bool = False, quiet: bool = False) -> dict:
     task = data.spec
-    check_output(output, overwrite)
+    check_inputs(model_name, data, cfg.max_seq_length, output, overwrite)
     train = data.load("train")
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
@@ -116,7 +140,7 @@ def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str
     """The model folder with sparsity.json (provenance added) and eval_results.json, atomically;
     ``extra`` writes more files into the temporary folder before it is renamed."""
     info = {**info, **provenance(model_name, data)}
-    with atomic_output(output, overwrite) as tmp:
+    with atomic_output(output, overwrite, log) as tmp:
         save_model(model, tokenizer, tmp, info)
         if metrics:
             (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -127,11 +151,13 @@ def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str
 def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_length: int = 128,
                  batch_size: int = 64, quiet: bool = False) -> dict:
     task = data.spec
+    check_inputs(model_name, data, max_seq_length)
     ds = data.load(split)
     if len(ds) and "label" in ds.column_names and ds[0]["label"] == -1:
         raise ObertError(f"the {split} split of {task.name} has no labels to score: use --split dev")
     tokenizer = load_tokenizer(model_name)
-    model = load_classifier(model_name, task)
+    model, head = load_classifier(model_name, task, with_info=True)
+    check_head(model_name, head, task)
     metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
                              data.doc_stride)
     sp = Path(model_name) / "sparsity.json"

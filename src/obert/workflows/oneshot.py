@@ -8,16 +8,15 @@ from pathlib import Path
 
 from obert.data.glue import subsample
 from obert.data.tokenize import batches, encode
-from obert.errors import ObertError
-from obert.io import atomic_output, check_output, save_model, sparsity_report
-from obert.models import has_cuda, load_classifier, load_tokenizer
+from obert.io import atomic_output, save_model, sparsity_report
+from obert.models import check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig, TargetsConfig, check_sparsity
 from obert.pruning.distributed import Comm, init_from_env
 from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check, prune_each
 from obert.pruning.targets import check_group_shape, find_targets
-from obert.workflows.common import DataArgs, log, maybe_evaluate, provenance
+from obert.workflows.common import DataArgs, check_inputs, log, maybe_evaluate, provenance
 
 
 def sparsity_folder(s: float) -> str:
@@ -42,11 +41,15 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: li
     cfg.check()
     targets.check()
     sparsities = sorted({check_sparsity(s) for s in sparsities})
-    check_output(output, overwrite)
+    check_inputs(model_name, data, max_seq_length, output, overwrite)
+    if do_eval:
+        data.load("dev")  # --evaluate needs a dev split: refuse now, not after pruning
     comm = init_from_env(has_cuda())
     # 2. the model, its targets, the Fisher's memory (refused before any data is read)
     tokenizer = load_tokenizer(model_name)
-    model = load_classifier(model_name, data.spec)
+    model, head = load_classifier(model_name, data.spec, with_info=True)
+    if cfg.needs_grads:  # the Fisher is the task loss's: a made-up head makes it noise
+        check_head(model_name, head, data.spec)
     if has_cuda():
         model.cuda()
     masks = target_masks(model, cfg, targets, "use --mask unstructured or --exclude it")
@@ -61,7 +64,7 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: li
     # 4. prune to each sparsity, writing each as it is done (rank 0 writes)
     results: list[dict] = []
     t0 = time.time()
-    with atomic_output(output, overwrite) if comm.is_main else _nowhere() as tmp:
+    with atomic_output(output, overwrite, log) if comm.is_main else _nowhere() as tmp:
         def done(s: float) -> None:
             wall = time.time() - t0
             folder = None if tmp is None else tmp / sparsity_folder(s) if len(sparsities) > 1 else tmp
@@ -71,6 +74,7 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: li
         prune_each(model, masks, cfg, sparsities, loader, done, comm, log, quiet)
         if comm.is_main and len(sparsities) > 1:
             (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    comm.finish()
     return results
 
 
@@ -85,9 +89,6 @@ def _finish(model, tokenizer, model_name: str, data: DataArgs, cfg: StepConfig, 
     log(f"sparsity {s:.2f}: global sparsity {report['global_sparsity']:.4f} over "
         f"{report['num_weights']:,} weights ({wall:.1f}s since the start)")
     metrics = maybe_evaluate(model, tokenizer, data, max_seq_length, quiet) if do_eval else {}
-    if do_eval and not metrics:
-        raise ObertError("--evaluate: no dev split could be loaded (see the line above): pass "
-                         "--validation-file or drop --evaluate")
     info = {**report, "method": cfg.method,
             "settings": {**cfg.to_dict(), "sparsity": s, "fisher_block_size": cfg.block_size,
                          "max_seq_length": max_seq_length, "world_size": comm.world},

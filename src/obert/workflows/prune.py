@@ -1,14 +1,16 @@
 """``obert prune``: gradual pruning (or dense distillation) by a recipe, in the HF Trainer.
 
-``run_prune`` is its steps, each a function here:
+``run_prune`` is its steps, each a function here (or in ``common``):
 
-1. ``training_args``: the Trainer's arguments (under torchrun this starts the process group);
-2. ``resume_point``: the checkpoint an interrupted run continues from, or a clean start;
-3. ``load_models``: student, tokenizer, teacher, and the targets under a ``MaskSet``;
-4. ``load_data``: the encoded train split and the dev split;
-5. ``build_trainer``: callbacks, Trainer, and the plan from the Trainer's own data loader;
-6. ``check_identity``: a resumed run must be the same run;
-7. ``train``; 8. ``write_outputs``.
+1. ``check_inputs`` and the train split: everything checkable before any model is loaded;
+2. ``training_args``: the Trainer's arguments (under torchrun this starts the process group);
+3. ``resume_point``: the complete checkpoints of an interrupted run, or a clean start;
+4. ``load_models``: student, tokenizer, teacher (``teacher_choice``), targets under a MaskSet;
+5. ``load_data``: the encoded train split and the dev split;
+6. ``build_trainer``: callbacks, Trainer, and the plan from the Trainer's own data loader;
+7. ``check_identity``: a resumed run must be the same run; ``pick_checkpoint``: the newest
+   checkpoint that loads;
+8. ``train``; 9. ``write_outputs``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from obert.data.tokenize import batches, encode
 from obert.errors import ObertError
 from obert.io import check_output, sparsity_report
-from obert.models import has_cuda, load_classifier, load_tokenizer
+from obert.models import HeadInfo, check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig
 from obert.pruning.distributed import TIMEOUT, Comm
 from obert.pruning.masks import MaskSet
@@ -33,12 +35,12 @@ from obert.training.gradual import (
     DistillTrainer,
     MaskedPruning,
     MetricsLog,
-    latest_checkpoint,
+    complete_checkpoints,
     read_metrics,
 )
 from obert.training.recipe import Recipe
 from obert.training.schedule import StepPlan
-from obert.workflows.common import DataArgs, log, maybe_evaluate, write_output
+from obert.workflows.common import DataArgs, check_inputs, log, maybe_evaluate, write_output
 from obert.workflows.oneshot import target_masks
 
 
@@ -86,22 +88,28 @@ def run_prune(model_name: str, data: DataArgs, recipe: Recipe, output: str,
     """Gradual pruning (or dense KD training) by ``recipe``; writes the model folder with
     metrics.jsonl and plots/. ``run.resume`` continues from the last checkpoint."""
     run = run or PruneRunArgs()
+    check_inputs(model_name, data, recipe.max_seq_length)
+    raw_train = data.load("train")  # bad data is refused before any model is loaded
     work = checkpoint_dir(output)
     args = training_args(work, recipe, run, data.seed)
     comm = Comm.current() if args.world_size > 1 else Comm()
-    resume_from = resume_point(output, work, run, comm)
+    candidates = resume_point(output, work, run, comm)
     models = load_models(model_name, data, recipe, run, comm)
-    splits = load_data(data, models.tokenizer, recipe, run)
+    splits = load_data(data, raw_train, models.tokenizer, recipe, run)
     trainer, masked, metrics_log, plan = build_trainer(args, models, splits, data, recipe, run,
                                                        comm)
-    check_identity(work, resume_from, recipe, model_name, models.teacher_name, data, run, comm)
+    check_identity(work, bool(candidates), recipe, model_name, models.teacher_name, data, run,
+                   comm)
+    resume_from = pick_checkpoint(candidates, masked)
     t0 = time.time()
     out = train(trainer, masked, metrics_log, plan, resume_from)
     wall = time.time() - t0
-    if not comm.is_main:
-        return {}
-    return write_outputs(output, work, trainer.model, models, data, recipe, run, plan, masked,
-                         metrics_log, out, wall, resume_from, model_name, comm)
+    result = {}
+    if comm.is_main:
+        result = write_outputs(output, work, trainer.model, models, data, recipe, run, plan,
+                               masked, metrics_log, out, wall, resume_from, model_name, comm)
+    comm.finish()
+    return result
 
 
 def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
@@ -136,24 +144,27 @@ def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
     return args
 
 
-def resume_point(output: str, work: Path, run: PruneRunArgs, comm: Comm) -> Path | None:
-    """The newest checkpoint of an interrupted run (``--resume``), or None after clearing the
-    way for a fresh one."""
+def resume_point(output: str, work: Path, run: PruneRunArgs, comm: Comm) -> list[Path]:
+    """The complete checkpoints of an interrupted run, newest first (``--resume``), or [] after
+    clearing the way for a fresh run. A folder with no complete checkpoint (a run that failed
+    before its first save) is cleared without asking, so no --resume loop can arise."""
+    found = complete_checkpoints(work)
     if run.resume:
-        found = latest_checkpoint(work)
-        if found is None:
-            raise ObertError(f"--resume: no checkpoint in {work} to resume from; run without "
-                             "--resume")
+        if not found:
+            raise ObertError(f"--resume: no complete checkpoint in {work} to resume from; run "
+                             "without --resume to start over")
         check_output(output, True)
         return found
     check_output(output, run.overwrite)
     if work.exists():
-        if not run.overwrite:
+        if found and not run.overwrite:
             raise ObertError(f"an interrupted run's checkpoints are in {work}: pass --resume "
                              "to continue it, or --overwrite to start over")
         if comm.is_main:
             shutil.rmtree(work)
-    return None
+            if not found:
+                log(f"removed {work}: an earlier run stopped before its first complete checkpoint")
+    return []
 
 
 def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunArgs,
@@ -162,14 +173,14 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
     Fisher's per-rank memory checked before any data is read."""
     task, dcfg, pcfg = data.spec, recipe.distillation, recipe.pruning
     tokenizer = load_tokenizer(model_name)
-    model, finetuned = load_classifier(model_name, task, with_info=True)
-    teacher_name = run.teacher or dcfg.teacher or (model_name if finetuned else None)
-    if dcfg.hardness > 0 and teacher_name is None:
-        raise ObertError(
-            f"the recipe distills (distillation.hardness {dcfg.hardness:g}) but {model_name} is "
-            f"not fine-tuned on {task.name}: pass --teacher with a fine-tuned model, or set "
-            "distillation.hardness: 0")
-    teacher = load_classifier(teacher_name, task) if dcfg.hardness > 0 else None
+    model, head = load_classifier(model_name, task, with_info=True)
+    teacher, teacher_name = None, None
+    if dcfg.hardness > 0:
+        teacher_name, why = teacher_choice(model_name, head, task, run, recipe)
+        teacher, t_head = load_classifier(teacher_name, task, with_info=True)
+        check_head(teacher_name, t_head, task, "teacher")
+        if comm.is_main:
+            log(f"teacher: {teacher_name} ({why})")
     masks = target_masks(model, pcfg or StepConfig(), recipe.targets,
                          "use mask unstructured or exclude it in targets")
     if pcfg is not None:
@@ -177,9 +188,26 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
     return Models(tokenizer, model, teacher, teacher_name, masks)
 
 
-def load_data(data: DataArgs, tokenizer, recipe: Recipe, run: PruneRunArgs) -> Splits:
+def teacher_choice(model_name: str, head: HeadInfo, task, run: PruneRunArgs,
+                   recipe: Recipe) -> tuple[str, str]:
+    """The KD teacher and why: --teacher, else the recipe's, else the start model when obert
+    fine-tuned it on this task (its config says so and its head was in the checkpoint)."""
+    if run.teacher:
+        return run.teacher, "--teacher"
+    if recipe.distillation.teacher:
+        return recipe.distillation.teacher, "the recipe's distillation.teacher"
+    if head.fine_tuned_on(task):
+        return model_name, f"the start model, fine-tuned on {task.name}"
+    raise ObertError(
+        f"the recipe distills (distillation.hardness {recipe.distillation.hardness:g}) but "
+        f"{model_name} is not fine-tuned on {task.name} (no head trained for it, or its config "
+        "does not say so): pass --teacher with a fine-tuned model, or set "
+        "distillation.hardness: 0")
+
+
+def load_data(data: DataArgs, raw_train, tokenizer, recipe: Recipe, run: PruneRunArgs) -> Splits:
     task = data.spec
-    train = encode(data.load("train"), tokenizer, task, recipe.max_seq_length, data.doc_stride)
+    train = encode(raw_train, tokenizer, task, recipe.max_seq_length, data.doc_stride)
     try:
         dev_raw = data.load("dev")
     except ObertError as e:
@@ -236,7 +264,24 @@ def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: 
     return trainer, masked, metrics_log, plan
 
 
-def check_identity(work: Path, resume_from: Path | None, recipe: Recipe, model_name: str,
+def pick_checkpoint(candidates: list[Path], masked: MaskedPruning) -> Path | None:
+    """The newest candidate whose masks and history load (into ``masked``); broken ones are
+    skipped with a line. None for a fresh run."""
+    for folder in candidates:
+        try:
+            masked.load(folder)
+        except ValueError as e:
+            log(f"skipping {folder}: its pruning state does not load ({e})")
+            continue
+        log(f"resuming from {folder} (sparsity {masked.sparsity():.4f})")
+        return folder
+    if candidates:
+        raise ObertError(f"--resume: none of the {len(candidates)} checkpoints in "
+                         f"{candidates[0].parent} loads; rerun with --overwrite to start over")
+    return None
+
+
+def check_identity(work: Path, resuming: bool, recipe: Recipe, model_name: str,
                    teacher_name: str | None, data: DataArgs, run: PruneRunArgs,
                    comm: Comm) -> None:
     """Record the run's identity in ``run.json``; a resumed run must match it."""
@@ -244,7 +289,7 @@ def check_identity(work: Path, resume_from: Path | None, recipe: Recipe, model_n
                 "data": data.describe(),
                 "gradient_accumulation_steps": run.gradient_accumulation_steps}
     id_file = work / "run.json"
-    if resume_from is not None and id_file.is_file():
+    if resuming and id_file.is_file():
         before = json.loads(id_file.read_text())
         changed = sorted(k for k in identity
                          if before.get(k) != json.loads(json.dumps(identity[k])))
@@ -259,11 +304,9 @@ def check_identity(work: Path, resume_from: Path | None, recipe: Recipe, model_n
 def train(trainer: DistillTrainer, masked: MaskedPruning, metrics_log: MetricsLog,
           plan: StepPlan, resume_from: Path | None):
     """Masks on, the step-0 pruning step if the plan has one, then the Trainer's loop."""
-    if resume_from is not None:
-        masked.load(resume_from)
+    if resume_from is not None:  # masks and history were loaded by pick_checkpoint
         if masked.comm.is_main:
             metrics_log.truncate(int(resume_from.name.split("-")[-1]))
-        log(f"resuming from {resume_from} (sparsity {masked.sparsity():.4f})")
     elif masked.comm.is_main:
         metrics_log.path.write_text("")
     masked.masks.attach()
@@ -275,6 +318,13 @@ def train(trainer: DistillTrainer, masked: MaskedPruning, metrics_log: MetricsLo
         return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         masked.masks.detach()
+
+
+def mean_logged_loss(path: Path) -> float | None:
+    """The mean of the logged training losses: the whole run's, resumed or not (the Trainer's
+    own ``training_loss`` covers only the steps after a resume)."""
+    losses = [r["loss"] for r in read_metrics(path) if "loss" in r]
+    return sum(losses) / len(losses) if losses else None
 
 
 def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs,
@@ -297,7 +347,8 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
                          "gradient_accumulation_steps": run.gradient_accumulation_steps,
                          "world_size": comm.world},
             "pruning_steps": masked.history,
-            "train": {"train_loss": out.training_loss, "steps": out.global_step, "wall_s": wall,
+            "train": {"train_loss": mean_logged_loss(metrics_log.path),
+                      "steps": out.global_step, "wall_s": wall,
                       "resumed_from": str(resume_from) if resume_from else None}}
 
     def run_files(tmp: Path) -> None:

@@ -1,0 +1,235 @@
+"""Every bad input: exit code 2, exactly one line on stderr, no traceback, nothing written.
+
+One table for every command. A case is an argv template and a piece of the expected message;
+the fields are {model} the tiny random BERT, {ft} the tiny model fine-tuned on SST-2 by obert,
+{minilm} MiniLM without a task head, {glue} the GLUE folder, {tmp} a scratch folder holding the
+bad files below, {out} an --output that must not appear. New inputs join the table.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from obert.cli import main
+
+SQUAD = ("--task squad --validation-file {tmp}/squad-dev.json --train-file {tmp}/squad-dev.json "
+         "--max-seq-length 128 --doc-stride 32")
+ONESHOT = "oneshot --model {ft} --task sst2 --data-dir {glue} --sparsity 0.5"
+PRUNE = "prune --recipe {tmp}/ok.yaml --model {ft} --task sst2 --data-dir {glue}"
+
+CASES: dict[str, tuple[str, str]] = {
+    # -- arguments and numbers ---------------------------------------------------------------
+    "unknown-task": ("finetune --model {model} --task sst5 --data-dir {glue} --output {out}",
+                     "unknown task 'sst5'"),
+    "missing-sparsity": ("oneshot --model {model} --task sst2 --data-dir {glue} --output {out}",
+                         "required: --sparsity"),
+    "sparsity-one": (f"{ONESHOT[:-13]} --sparsity 1.0 --output {{out}}", "--sparsity: 1.0 must be below 1"),
+    "sparsity-negative": (f"{ONESHOT[:-13]} --sparsity -0.1 --output {{out}}",
+                          "--sparsity: -0.1 must be ≥ 0"),
+    "lr-negative": ("finetune --model {model} --task sst2 --lr -1 --output {out}", "--lr: -1 must be > 0"),
+    "lr-nan": ("finetune --model {model} --task sst2 --lr nan --output {out}", "not a finite number"),
+    "epochs-zero": ("finetune --model {model} --task sst2 --epochs 0 --output {out}",
+                    "--epochs: 0 must be > 0"),
+    "epochs-negative": ("finetune --model {model} --task sst2 --epochs -1 --output {out}",
+                        "--epochs: -1 must be > 0"),
+    "batch-size-zero": ("finetune --model {model} --task sst2 --batch-size 0 --output {out}",
+                        "--batch-size: 0 must be ≥ 1"),
+    "eval-batch-size-zero": ("evaluate --model {ft} --task sst2 --data-dir {glue} --batch-size 0",
+                             "--batch-size: 0 must be ≥ 1"),
+    "max-train-samples-zero": ("finetune --model {model} --task sst2 --max-train-samples 0 "
+                               "--output {out}", "--max-train-samples: 0 must be ≥ 1"),
+    "seq-len-short": ("finetune --model {model} --task sst2 --max-seq-length 4 --output {out}",
+                      "--max-seq-length: 4 must be ≥ 8"),
+    "grad-batch-size-zero": (f"{ONESHOT} --grad-batch-size 0 --output {{out}}",
+                             "--grad-batch-size: 0 must be ≥ 1"),
+    "num-grads-zero": (f"{ONESHOT} --num-grads 0 --output {{out}}", "--num-grads: 0 must be ≥ 1"),
+    "damp-zero": (f"{ONESHOT} --damp 0 --output {{out}}", "--damp: 0 must be > 0"),
+    "bad-regex": (f"{ONESHOT} --include [ --output {{out}}", "'[' is not a valid regex"),
+    "unknown-method": (f"{ONESHOT} --method random --output {{out}}",
+                       "--method 'random' is not one of"),
+    "block4-fisher-block-50": (f"{ONESHOT} --mask block4 --fisher-block-size 50 --output {{out}}",
+                               "--fisher-block-size 50 must be a positive multiple of 4"),
+    "nothing-to-prune": (f"{ONESHOT} --exclude . --output {{out}}", "no prunable layers"),
+    "fisher-over-budget": (f"{ONESHOT} --max-fisher-memory 1e-9 --num-grads 8 "
+                           "--max-train-samples 16 --output {out}", "over --max-fisher-memory"),
+    "bf16-and-fp16": (f"{PRUNE} --bf16 --fp16 --output {{out}}", "not allowed with argument --bf16"),
+    "logging-steps-zero": (f"{PRUNE} --logging-steps 0 --output {{out}}",
+                           "--logging-steps: 0 must be ≥ 1"),
+    "demo-num-grads-zero": ("demo --num-grads 0 --output {out}", "--num-grads: 0 must be ≥ 1"),
+    "demo-epochs-zero": ("demo --epochs 0 --output {out}", "--epochs: 0 must be > 0"),
+    "bench-seq-len-zero": ("bench --model {ft} --seq-len 0", "--seq-len: 0 must be ≥ 1"),
+    # -- the model and the sequence length ----------------------------------------------------
+    "no-such-model": ("oneshot --model {tmp}/no-model --task sst2 --data-dir {glue} "
+                      "--sparsity 0.5 --method magnitude --output {out}", "does not exist"),
+    "hub-id-offline": ("finetune --model no-org/no-model --task sst2 --data-dir {glue} "
+                       "--output {out}", "cannot be reached"),
+    "corrupt-config": ("evaluate --model {tmp}/broken-config --task sst2 --data-dir {glue}",
+                       "needs a valid config.json"),
+    "seq-len-over-positions": ("finetune --model {model} --task sst2 --max-seq-length 512 "
+                               "--output {out}", "exceeds the 128 positions"),
+    "eval-seq-len-over-positions": ("evaluate --model {ft} --task sst2 --data-dir {glue} "
+                                    "--max-seq-length 512", "exceeds the 128 positions"),
+    "evaluate-headless-model": ("evaluate --model {minilm} --task sst2 --data-dir {glue}",
+                                "has no trained sst2 head"),
+    "oneshot-obert-headless": ("oneshot --model {minilm} --task sst2 --data-dir {glue} "
+                               "--sparsity 0.5 --output {out}", "has no trained sst2 head"),
+    "teacher-without-head": (f"{PRUNE} --teacher {{minilm}} --output {{out}}",
+                             "the teacher {minilm} has no trained sst2 head"),
+    "default-teacher-not-finetuned": ("prune --recipe {tmp}/ok.yaml --model {model} --task sst2 "
+                                      "--data-dir {glue} --output {out}",
+                                      "is not fine-tuned on sst2"),
+    # -- data ---------------------------------------------------------------------------------
+    "empty-data-dir": ("finetune --model {model} --task sst2 --data-dir {tmp}/empty --output {out}",
+                       "no train data for sst2"),
+    "missing-text-column": ("finetune --model {model} --task sst2 --train-file {tmp}/text.csv "
+                            "--output {out}", "lacks column(s) sentence"),
+    "label-out-of-range-eval": ("evaluate --model {ft} --task sst2 --validation-file "
+                                "{tmp}/label5.csv", "label 5"),
+    "label-negative-eval": ("evaluate --model {ft} --task sst2 --validation-file "
+                            "{tmp}/label-neg.csv", "without a label"),
+    "label-out-of-range-finetune": ("finetune --model {model} --task sst2 --train-file "
+                                    "{tmp}/label5.csv --output {out}", "label 5"),
+    "label-out-of-range-oneshot": ("oneshot --model {ft} --task sst2 --train-file "
+                                   "{tmp}/label5.csv --sparsity 0.5 --output {out}", "label 5"),
+    "label-out-of-range-prune": (f"{PRUNE[:-17]} --train-file {{tmp}}/label5.csv "
+                                 "--validation-file {tmp}/ok.csv --output {out}", "label 5"),
+    "label-missing": ("finetune --model {model} --task sst2 --train-file {tmp}/no-label.csv "
+                      "--output {out}", "without a label"),
+    "header-only": ("finetune --model {model} --task sst2 --train-file {tmp}/header.csv "
+                    "--output {out}", "has no rows"),
+    "header-only-tsv": ("finetune --model {model} --task sst2 --train-file {tmp}/header.tsv "
+                        "--output {out}", "has no rows"),
+    "corrupt-jsonl": ("finetune --model {model} --task sst2 --train-file {tmp}/bad.jsonl "
+                      "--output {out}", "cannot read"),
+    "corrupt-parquet": ("finetune --model {model} --task sst2 --train-file {tmp}/bad.parquet "
+                        "--output {out}", "cannot read"),
+    "not-utf8-tsv": ("finetune --model {model} --task sst2 --train-file {tmp}/latin1.tsv "
+                     "--output {out}", "is not UTF-8"),
+    "squad-without-paragraphs": (f"finetune --model {{model}} {SQUAD} --output {{out}}",
+                                 "not in SQuAD format"),
+    "unknown-split": ("evaluate --model {ft} --task sst2 --data-dir {glue} --split dev_mm",
+                      "no split 'dev_mm'"),
+    "evaluate-without-dev": (f"{ONESHOT} --method magnitude --data-dir {{tmp}}/train-only "
+                             "--evaluate --output {out}", "no dev data for sst2"),
+    # -- SQuAD windows ------------------------------------------------------------------------
+    "squad-stride-too-long": ("finetune --model {model} --task squad --validation-file "
+                              "{tmp}/ok-squad.json --train-file {tmp}/ok-squad.json "
+                              "--max-seq-length 128 --output {out}",
+                              "--doc-stride 128 must be below the 60 context tokens"),
+    "squad-window-too-short": ("finetune --model {model} --task squad --validation-file "
+                               "{tmp}/ok-squad.json --train-file {tmp}/ok-squad.json "
+                               "--max-seq-length 64 --doc-stride 32 --output {out}",
+                               "leaves no room for context"),
+    # -- outputs ------------------------------------------------------------------------------
+    "output-parent-missing": ("oneshot --model {ft} --task sst2 --sparsity 0.5 --method "
+                              "magnitude --output {tmp}/no/such/out", "parent folder"),
+    "output-is-a-file": ("oneshot --model {ft} --task sst2 --sparsity 0.5 --method magnitude "
+                         "--output {tmp}/a-file --overwrite", "is a file, not a folder"),
+    "output-not-writable": ("oneshot --model {ft} --task sst2 --sparsity 0.5 --method "
+                            "magnitude --output /proc/obert-out", "cannot write in /proc"),
+    # -- recipes and checkpoints --------------------------------------------------------------
+    "recipe-empty": ("prune --recipe {tmp}/empty.yaml --model {ft} --task sst2 --data-dir {glue} "
+                     "--output {out}", "is empty"),
+    "recipe-binary": ("prune --recipe {tmp}/binary.yaml --model {ft} --task sst2 --data-dir "
+                      "{glue} --output {out}", "not a text file"),
+    "recipe-bad-key": ("prune --recipe {tmp}/bad-key.yaml --model {ft} --task sst2 --data-dir "
+                       "{glue} --output {out}", "recipe key pruning.final_sparsity = 1.5"),
+    "resume-nothing": (f"{PRUNE} --resume --output {{out}}", "no complete checkpoint"),
+}
+
+OK_RECIPE = """epochs: 1
+batch_size: 16
+max_seq_length: 32
+pruning: {method: magnitude, init_sparsity: 0.5, final_sparsity: 0.5, start_epoch: 0.5,
+          end_epoch: 0.5, update_frequency: 1}
+"""
+
+
+def _files(tmp: Path, model: Path) -> None:
+    """The bad (and a few good) inputs the table names."""
+    (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "train-only" / "SST-2").mkdir(parents=True, exist_ok=True)
+    (tmp / "train-only" / "SST-2" / "train.tsv").write_text("sentence\tlabel\nfine film\t1\n")
+    (tmp / "text.csv").write_text("text,label\nfine film,1\ndull film,0\n")
+    (tmp / "ok.csv").write_text("sentence,label\nfine film,1\ndull film,0\n")
+    (tmp / "label5.csv").write_text("sentence,label\nfine film,1\ndull film,5\n")
+    (tmp / "label-neg.csv").write_text("sentence,label\nfine film,1\ndull film,-1\n")
+    (tmp / "no-label.csv").write_text("sentence,label\nfine film,1\ndull film,\n")
+    (tmp / "header.csv").write_text("sentence,label\n")
+    (tmp / "header.tsv").write_text("sentence\tlabel\n")
+    (tmp / "bad.jsonl").write_text('{"sentence": "fine film", "label": 1}\n{"sentence": \n')
+    (tmp / "bad.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    (tmp / "latin1.tsv").write_bytes("sentence\tlabel\ncaf\xe9 film\t1\n".encode("latin-1"))
+    (tmp / "squad-dev.json").write_text('{"data": [{"title": "x", "text": "no paragraphs"}]}')
+    (tmp / "ok-squad.json").write_text(
+        '{"data": [{"title": "t", "paragraphs": [{"context": "The film was fine.", "qas": '
+        '[{"id": "1", "question": "How was the film?", "answers": [{"text": "fine", '
+        '"answer_start": 13}]}]}]}]}')
+    (tmp / "a-file").write_text("not a folder")
+    (tmp / "ok.yaml").write_text(OK_RECIPE)
+    (tmp / "empty.yaml").write_text("# nothing but a comment\n")
+    (tmp / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp / "bad-key.yaml").write_text("pruning: {final_sparsity: 1.5}\n")
+    broken = tmp / "broken-config"
+    broken.mkdir(exist_ok=True)
+    for f in model.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "config.json").write_text('{"model_type": "bert", ')
+
+
+def _argv(template: str, fields: dict) -> list[str]:
+    return [part.format(**fields) for part in template.split()] + ["--quiet"]
+
+
+def _assert_one_error_line(stderr: str, expected: str) -> None:
+    lines = stderr.strip("\n").splitlines()
+    assert "Traceback" not in stderr
+    assert len(lines) == 1 and lines[0].startswith("obert: error:"), stderr
+    assert expected in lines[0], lines[0]
+
+
+@pytest.fixture
+def fields(tmp_path, tiny_model_dir, tiny_finetuned_dir, minilm_path, glue_dir) -> dict:
+    _files(tmp_path, tiny_model_dir)
+    return {"model": tiny_model_dir, "ft": tiny_finetuned_dir, "minilm": minilm_path,
+            "glue": glue_dir, "tmp": tmp_path, "out": tmp_path / "out"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case: str, fields: dict, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(fields["tmp"])  # "demo --output out" lands here, and must not
+    template, expected = CASES[case]
+    argv = _argv(template, fields)
+    before = sorted(os.listdir(fields["tmp"]))
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    _assert_one_error_line(captured.err, expected.format(**fields))
+    assert captured.out == ""
+    assert not fields["out"].exists()
+    assert sorted(os.listdir(fields["tmp"])) == before  # no output, no .out.tmp-*, no checkpoints
+
+
+def test_table_size() -> None:
+    assert len(CASES) >= 50  # stated in the closing note; grows as inputs are added
+
+
+@pytest.mark.parametrize("case", ["sparsity-one", "label-out-of-range-eval", "hub-id-offline"])
+def test_bad_input_subprocess(case: str, fields: dict) -> None:
+    """The real entry point: no traceback, exactly one line on stderr, exit code 2, in seconds."""
+    template, expected = CASES[case]
+    argv = _argv(template, fields)
+    if case == "sparsity-one":
+        argv.remove("--quiet")  # progress bars must not matter when failing early
+    proc = subprocess.run([sys.executable, "-m", "obert", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=fields["tmp"])
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    _assert_one_error_line(proc.stderr, expected)
+    assert not fields["out"].exists()

@@ -59,6 +59,7 @@ def teacher_model(a, work: Path) -> tuple[Path, float]:
                "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
                "--epochs", str(a.teacher_epochs), "--lr", "8e-5", "--output", str(cache),
                "--overwrite", *(["--quiet"] if a.quiet else [])]
+        cache.parent.mkdir(parents=True, exist_ok=True)  # finetune wants the parent to exist
         subprocess.run(cmd, check=True, env=thread_env(a.threads))
         (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     return cache, float((cache / "finetune_wall_s.txt").read_text())

@@ -112,6 +112,9 @@ CASES: dict[str, tuple[str, str]] = {
                      "--output {out}", "is not UTF-8"),
     "squad-without-paragraphs": (f"finetune --model {{model}} {SQUAD} --output {{out}}",
                                  "not in SQuAD format"),
+    "keep-sparsity-of-a-dense-model": ("finetune --model {ft} --task sst2 --data-dir {glue} "
+                                       "--max-train-samples 16 --keep-sparsity --output {out}",
+                                       "has no zero weights"),
     "unknown-split": ("evaluate --model {ft} --task sst2 --data-dir {glue} --split dev_mm",
                       "no split 'dev_mm'"),
     "evaluate-without-dev": (f"{ONESHOT} --method magnitude --data-dir {{tmp}}/train-only "
@@ -132,6 +135,18 @@ CASES: dict[str, tuple[str, str]] = {
                          "--output {tmp}/a-file --overwrite", "is a file, not a folder"),
     "output-not-writable": ("oneshot --model {ft} --task sst2 --sparsity 0.5 --method "
                             "magnitude --output /proc/obert-out", "cannot write in /proc"),
+    # -- layer dropping -----------------------------------------------------------------------
+    "keep-empty": ("drop-layers --model {ft} --keep --output {out}", "expected at least one"),
+    "keep-out-of-range": ("drop-layers --model {ft} --keep 0 5 --output {out}",
+                          "--keep 5 is out of range: the model has layers 0 to 1"),
+    "keep-repeated": ("drop-layers --model {ft} --keep 1 1 --output {out}", "repeats a layer"),
+    "keep-and-layers": ("drop-layers --model {ft} --keep 1 --layers 1 --output {out}",
+                        "not allowed with argument --keep"),
+    "layers-too-many": ("drop-layers --model {ft} --layers 5 --output {out}",
+                        "cannot keep 5 of 2 layers"),
+    "recipe-keep-out-of-range": ("prune --recipe {tmp}/keep9.yaml --model {ft} --task sst2 "
+                                 "--data-dir {glue} --output {out}",
+                                 "recipe key layers.keep 9 is out of range"),
     # -- recipes and checkpoints --------------------------------------------------------------
     "recipe-empty": ("prune --recipe {tmp}/empty.yaml --model {ft} --task sst2 --data-dir {glue} "
                      "--output {out}", "is empty"),
@@ -175,6 +190,7 @@ def _files(tmp: Path, model: Path) -> None:
     (tmp / "empty.yaml").write_text("# nothing but a comment\n")
     (tmp / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp / "bad-key.yaml").write_text("pruning: {final_sparsity: 1.5}\n")
+    (tmp / "keep9.yaml").write_text(OK_RECIPE + "layers: {keep: [0, 9]}\n")
     broken = tmp / "broken-config"
     broken.mkdir(exist_ok=True)
     for f in model.iterdir():

@@ -192,3 +192,39 @@ def test_several_sparsities_equal_separate_runs(tmp_path, tiny_finetuned_dir, gl
         info = json.loads((tmp_path / "both" / f"sparsity-{float(s):.2f}" / "sparsity.json")
                           .read_text())
         assert info["settings"]["sparsity"] == float(s)
+
+
+def test_sparse_transfer_keeps_every_zero(tmp_path, tiny_finetuned_dir, glue_dir):
+    """finetune --keep-sparsity, and prune with `pruning: null`: the start model's zeros are
+    fixed masks; every one stays exactly 0, the other weights move, and the origin is recorded."""
+    pruned = tmp_path / "pruned"
+    assert main(["oneshot", "--model", str(tiny_finetuned_dir), "--task", "sst2", "--sparsity",
+                 "0.6", "--method", "magnitude", "--output", str(pruned), "--quiet"]) == 0
+    data = ["--task", "sst2", "--data-dir", str(glue_dir), "--max-train-samples", "64", "--quiet"]
+    runs = {
+        "finetune": ["finetune", "--model", str(pruned), *data, "--epochs", "1", "--lr", "1e-2",
+                     "--keep-sparsity"],
+        "prune": ["prune", "--recipe", str(tmp_path / "null.yaml"), "--model", str(pruned), *data],
+        "dense": ["finetune", "--model", str(pruned), *data, "--epochs", "1", "--lr", "1e-2"],
+    }
+    (tmp_path / "null.yaml").write_text("epochs: 1\nbatch_size: 16\nmax_seq_length: 32\n"
+                                        "lr: {max: 1e-2, min: 1e-3}\npruning: null\n"
+                                        "distillation: {hardness: 0.0}\n")
+    start = load_file(pruned / "model.safetensors")
+    targets = [k for k in start if ".layer." in k and k.endswith("weight") and start[k].dim() == 2]
+    for name, argv in runs.items():
+        assert main([*argv, "--output", str(tmp_path / name)]) == 0, name
+        after = load_file(tmp_path / name / "model.safetensors")
+        zeros = sum(int((start[k] == 0).sum()) for k in targets)
+        kept = sum(int(((start[k] == 0) & (after[k] == 0)).sum()) for k in targets)
+        moved = sum(int(((start[k] != 0) & (after[k] != start[k])).sum()) for k in targets)
+        assert moved > 0.5 * sum(start[k].numel() for k in targets) - zeros, name
+        info = json.loads((tmp_path / name / "sparsity.json").read_text())
+        if name == "dense":  # without the masks the zeros grow back: the masks do the work
+            assert kept < zeros
+            continue
+        assert kept == zeros, f"{name}: {zeros - kept} pruned weights revived"
+        assert info["method"] in ("sparse-transfer", "sparse-transfer-distill")
+        assert info["masks"]["origin"] == str(pruned)
+        assert info["masks"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+        assert info["masks"]["upstream"]["method"] == "magnitude"

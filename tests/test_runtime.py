@@ -286,3 +286,31 @@ def test_compiled_minilm_matches_pytorch_on_sst2(minilm_sst2: Path, glue_dir: Pa
     assert n == 872
     assert diff < 1e-4
     assert agree / n >= 0.99
+
+
+def test_evaluate_scores_the_model_as_it_runs(tmp_path, tiny_finetuned_dir, glue_dir, capsys,
+                                              monkeypatch):
+    """evaluate --runtime fp32|int8 scores the compiled model: one JSON object, fp32 labels as
+    PyTorch's, INT8 within 2 points; INT8 on a CPU with only scalar kernels is refused."""
+    pruned = tmp_path / "pruned"
+    assert main(["oneshot", "--model", str(tiny_finetuned_dir), "--task", "sst2", "--sparsity",
+                 "0.8", "--method", "magnitude", "--output", str(pruned), "--quiet"]) == 0
+    rows = {}
+    for runtime in ("pytorch", "fp32", "int8"):
+        capsys.readouterr()
+        assert main(["evaluate", "--model", str(pruned), "--task", "sst2", "--data-dir",
+                     str(glue_dir), "--runtime", runtime, "--json", "--quiet"]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1
+        rows[runtime] = json.loads(out[0])
+        assert rows[runtime]["runtime"] == runtime and rows[runtime]["n"] == 872
+    assert rows["fp32"]["kernels"]["sparse"] > 0  # some linears really ran on the kernels
+    assert rows["fp32"]["accuracy"] == rows["pytorch"]["accuracy"]
+    assert abs(rows["int8"]["accuracy"] - rows["pytorch"]["accuracy"]) <= 0.02
+    import obert.runtime as rt
+
+    monkeypatch.setattr(rt, "available_isas", lambda: ["scalar"])
+    assert main(["evaluate", "--model", str(pruned), "--task", "sst2", "--data-dir",
+                 str(glue_dir), "--runtime", "int8", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "use --runtime fp32" in err

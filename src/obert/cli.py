@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=POSITIVE, default=3.0, help="training epochs")
     p.add_argument("--lr", type=POSITIVE, default=5e-5, help="peak learning rate (linear decay)")
     p.add_argument("--batch-size", type=COUNT, default=32, help="training batch size")
+    p.add_argument("--keep-sparsity", action="store_true",
+                   help="sparse transfer: the model's zero weights stay exactly 0 (fixed masks)")
 
     p = sub.add_parser("oneshot", help="one-shot pruning (oBERT or magnitude)")
     _data_args(p)
@@ -159,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep OUTPUT.checkpoints/ after a successful run")
 
+    p = sub.add_parser("drop-layers", help="keep a subset of the encoder's layers: a new, "
+                       "smaller Hugging Face folder")
+    p.add_argument("--model", required=True, help="hub id or local model folder")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep", type=_number(int, 0), nargs="+", metavar="I",
+                       help="indices of the layers to keep, in increasing order (e.g. 0 2 5)")
+    which.add_argument("--layers", type=COUNT, metavar="N",
+                       help="keep N layers: the paper's choice from 12 (6: 0 2 4 6 8 11; 3: 0 6 "
+                       "11), else the first, the last and the rest evenly spaced")
+    _output_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("recipe", help="print a gradual-pruning recipe scaled to a target sparsity")
     p.add_argument("--target-sparsity", type=SPARSITY, help="e.g. 0.9")
     p.add_argument("--epochs", type=POSITIVE, help="training epochs in all")
@@ -170,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, train=False)
     p.add_argument("--split", default="dev", help="dev (MNLI: dev or dev_mm), train or test")
     p.add_argument("--batch-size", type=COUNT, default=64, help="rows per forward pass")
+    p.add_argument("--runtime", default="pytorch", choices=("pytorch", "fp32", "int8"),
+                   help="score the model as PyTorch runs it, or compiled onto obert's sparse "
+                   "CPU kernels in fp32 or INT8 (the model that obert bench times)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--train-file", help=argparse.SUPPRESS)  # for --split train
 
@@ -229,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              max_seq_length=_seq_len(args), seed=args.seed)
-        wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet)
+        wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet,
+                        args.keep_sparsity)
     elif args.command == "oneshot":
         from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 
@@ -259,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         wf.run_prune(args.model, _data(args), recipe, args.output, run)
     elif args.command == "evaluate":
         result = wf.run_evaluate(args.model, _data(args), args.split, _seq_len(args),
-                                 args.batch_size, args.quiet)
+                                 args.batch_size, args.quiet, args.runtime)
         if args.json:
             # NaN (e.g. a correlation of constant predictions) is not JSON: write null.
             clean = {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
@@ -267,6 +285,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             for k, v in result.items():
                 print(f"{k:>22}  {v:.4f}" if isinstance(v, float) else f"{k:>22}  {v}")
+    elif args.command == "drop-layers":
+        from obert.workflows.layers import run_drop_layers
+
+        run_drop_layers(args.model, args.output, args.keep, args.layers, args.overwrite)
     elif args.command == "demo":
         from obert.demo import run_demo
 

@@ -54,15 +54,26 @@ def check_source(name: str) -> None:
 
 @functools.cache
 def _hub_reachable(endpoint: str) -> bool:
+    """Can a TCP connection to the hub be opened within ``HUB_REACH_TIMEOUT_S``? The name lookup
+    runs in a daemon thread: a resolver that does not answer must not hold us up either."""
     import socket
+    import threading
     from urllib.parse import urlparse
 
     url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), HUB_REACH_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname, url.port or 443), HUB_REACH_TIMEOUT_S):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(HUB_REACH_TIMEOUT_S)
+    return bool(ok)
 
 
 def load_config(name_or_path: str):

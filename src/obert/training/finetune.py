@@ -1,4 +1,5 @@
-"""Dense fine-tuning on a GLUE task with the Hugging Face Trainer."""
+"""Fine-tuning on a task with the Hugging Face Trainer: dense, or sparse transfer (the start
+model's zeros held as fixed masks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import asdict, dataclass
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
 from obert.models import has_cuda
+from obert.pruning.masks import MaskSet
+from obert.training.gradual import HoldMasks
 
 
 @dataclass
@@ -24,8 +27,11 @@ class FinetuneConfig:
         return asdict(self)
 
 
-def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool = False) -> dict:
-    """Train ``model`` in place (linear LR decay after warm-up); returns the training summary."""
+def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool = False,
+             masks: MaskSet | None = None) -> dict:
+    """Train ``model`` in place (linear LR decay after warm-up); returns the training summary.
+
+    With ``masks`` every pruned weight stays exactly 0 (sparse transfer)."""
     with tempfile.TemporaryDirectory(prefix="obert-trainer-") as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -54,6 +60,15 @@ def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool =
         )
         if quiet:
             trainer.remove_callback(PrinterCallback)
-        out = trainer.train()
+        if masks is None:
+            out = trainer.train()
+        else:
+            trainer.add_callback(HoldMasks(masks))
+            masks.attach()
+            try:
+                masks.apply()
+                out = trainer.train()
+            finally:
+                masks.detach()
     return {"train_loss": out.training_loss, "steps": out.global_step, **out.metrics}
 

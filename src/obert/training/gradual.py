@@ -36,7 +36,19 @@ STATE_FILE = "obert_pruning.json"
 COMPLETE_FILE = "obert_complete"  # written last: the checkpoint is whole
 
 
-class MaskedPruning(TrainerCallback):
+class HoldMasks(TrainerCallback):
+    """Keep a ``MaskSet``'s pruned weights at exactly 0 through training: its gradient hook
+    (``attach``) zeroes their gradients, and the masks are re-applied after every optimizer
+    step (weight decay and Adam's update of a zero gradient could still move them)."""
+
+    def __init__(self, masks: MaskSet) -> None:
+        self.masks = masks
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.masks.apply()
+
+
+class MaskedPruning(HoldMasks):
     """The pruning steps of a ``StepPlan`` inside a training run, on a ``MaskSet``.
 
     ``grad_batches(step)`` returns the gradient batches of the Fisher for the pruning step at
@@ -54,7 +66,8 @@ class MaskedPruning(TrainerCallback):
         quiet: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.masks, self.cfg, self.plan, self.grad_batches = masks, cfg, plan, grad_batches
+        super().__init__(masks)
+        self.cfg, self.plan, self.grad_batches = cfg, plan, grad_batches
         self.comm = comm or Comm()
         self.quiet, self.log = quiet, log
         self.history: list[dict] = []  # one entry per pruning step done
@@ -81,9 +94,6 @@ class MaskedPruning(TrainerCallback):
                      f"{out['sparsity']:.4f} ({self.cfg.method})")
 
     # -- Trainer events ------------------------------------------------------------------
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.masks.apply()
-
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.cfg is not None and state.global_step in self.plan.prune_at:
             self.prune(state.global_step, model, optimizer)

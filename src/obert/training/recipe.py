@@ -22,7 +22,8 @@ from obert.errors import ObertError
 from obert.pruning.config import MASK_GROUP, FisherConfig, StepConfig, TargetsConfig
 from obert.training.schedule import StepPlan, lr_at, plan_steps, sparsity_targets
 
-__all__ = ["FisherConfig", "PruningConfig", "Recipe", "RecipeError", "TargetsConfig"]
+__all__ = ["FisherConfig", "LayersConfig", "PruningConfig", "Recipe", "RecipeError",
+           "TargetsConfig"]
 
 
 class RecipeError(ObertError):
@@ -91,6 +92,24 @@ class DistillConfig:
 
 
 @dataclass
+class LayersConfig:
+    """Layer dropping before training: ``keep`` lists the start model's layers to keep (null:
+    keep all). The student is then distilled from the full-depth teacher."""
+
+    keep: list[int] | None = None
+
+    def check(self) -> None:
+        _need(self.keep is None or len(self.keep) > 0, "layers.keep",
+              "is empty: list the layers to keep, e.g. [0, 2, 5]")
+        if self.keep:
+            _need(all(i >= 0 for i in self.keep), "layers.keep", f"= {self.keep} has a negative index")
+            _need(len(set(self.keep)) == len(self.keep), "layers.keep",
+                  f"= {self.keep} repeats a layer")
+            _need(self.keep == sorted(self.keep), "layers.keep",
+                  f"= {self.keep} is not in increasing order")
+
+
+@dataclass
 class Recipe:
     """A gradual-pruning run. ``pruning: null`` trains dense (with KD if a teacher is given)."""
 
@@ -102,6 +121,7 @@ class Recipe:
     pruning: PruningConfig | None = field(default_factory=PruningConfig)
     distillation: DistillConfig = field(default_factory=DistillConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
 
     def check(self) -> Recipe:
         _need(self.epochs > 0, "epochs", f"= {self.epochs} must be positive")
@@ -116,6 +136,7 @@ class Recipe:
                   f"= {self.pruning.end_epoch} is past epochs = {self.epochs}")
         self.distillation.check("distillation")
         self.targets.check(lambda path: f"recipe key targets.{path}:", RecipeError)
+        self.layers.check()
         return self
 
     def to_dict(self) -> dict:
@@ -164,8 +185,12 @@ def _convert(value, tp, key: str):
             raise RecipeError(f"recipe key {key} must be a mapping, not {type(value).__name__}")
         return _build(tp, value, key + ".")
     if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise RecipeError(f"recipe key {key} must be a list of strings")
+        item = typing.get_args(tp)[0]
+        ok = isinstance(value, list) and all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if not ok:
+            kind = "integers" if item is int else "strings"
+            raise RecipeError(f"recipe key {key} must be a list of {kind}")
         return list(value)
     if tp is float:
         # YAML 1.1 reads 8e-5 (no dot) as a string: accept any number-like value.

@@ -112,21 +112,55 @@ def set_quiet(quiet: bool) -> None:
 
 
 def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: str,
-                 overwrite: bool = False, quiet: bool = False) -> dict:
+                 overwrite: bool = False, quiet: bool = False,
+                 keep_sparsity: bool = False) -> dict:
+    """Fine-tune ``model_name`` on the task; with ``keep_sparsity`` its zeros are fixed masks
+    (sparse transfer) and ``sparsity.json`` records where they came from."""
     task = data.spec
     check_inputs(model_name, data, cfg.max_seq_length, output, overwrite)
     train = data.load("train")
     tokenizer = load_tokenizer(model_name)
     model = load_classifier(model_name, task)
-    log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training rows")
+    masks, origin = (transfer_masks(model, model_name) if keep_sparsity else (None, None))
+    log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training rows"
+        + (f", keeping its {masks.sparsity():.2%} sparsity" if masks else ""))
     t0 = time.time()
-    summary = finetune(model, tokenizer, encode(train, tokenizer, task, cfg.max_seq_length, data.doc_stride), cfg, quiet)
+    encoded = encode(train, tokenizer, task, cfg.max_seq_length, data.doc_stride)
+    summary = finetune(model, tokenizer, encoded, cfg, quiet, masks)
     summary["wall_s"] = time.time() - t0
     metrics = maybe_evaluate(model, tokenizer, data, cfg.max_seq_length, quiet)
-    info = {**sparsity_report(model, targets_or_none(model)), "method": "dense-finetune",
-            "settings": cfg.to_dict(), "train": summary}
+    info = {**sparsity_report(model, targets_or_none(model)),
+            "method": "sparse-transfer" if masks else "dense-finetune",
+            "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity}, "train": summary,
+            **({"masks": origin} if origin else {})}
     write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
     return metrics
+
+
+def transfer_masks(model, model_name: str):
+    """The exact zeros of the model's targets as fixed masks, and their origin for
+    ``sparsity.json`` (the upstream model, its sparsity, and how it was pruned if it says)."""
+    from obert.pruning.masks import MaskSet
+    from obert.pruning.targets import find_targets
+
+    targets = find_targets(model)
+    masks = MaskSet({n: m.weight for n, m in targets.items()})
+    if masks.sparsity() == 0:
+        raise ObertError(f"--keep-sparsity: {model_name} has no zero weights in its "
+                         f"{len(targets)} target layers, so there is no sparsity to keep: "
+                         "drop --keep-sparsity for plain fine-tuning")
+    return masks, mask_origin(model_name, masks.sparsity())
+
+
+def mask_origin(model_name: str, sparsity: float) -> dict:
+    """Where fixed masks came from: the start model, its sparsity, and how it was pruned
+    (from its own ``sparsity.json``, when it has one)."""
+    origin: dict = {"origin": model_name, "sparsity": sparsity}
+    upstream = Path(model_name) / "sparsity.json"
+    if upstream.is_file():
+        up = json.loads(upstream.read_text())
+        origin["upstream"] = {k: up.get(k) for k in ("method", "source_model", "global_sparsity")}
+    return origin
 
 
 def provenance(model_name: str, data: DataArgs) -> dict:
@@ -149,7 +183,9 @@ def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str
 
 
 def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_length: int = 128,
-                 batch_size: int = 64, quiet: bool = False) -> dict:
+                 batch_size: int = 64, quiet: bool = False, runtime: str = "pytorch") -> dict:
+    """The task metrics of a model on a split; ``runtime`` fp32/int8 scores the model compiled
+    onto obert's kernels (``obert.runtime.compile``), the one that runs fast."""
     task = data.spec
     check_inputs(model_name, data, max_seq_length)
     ds = data.load(split)
@@ -158,11 +194,29 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
     tokenizer = load_tokenizer(model_name)
     model, head = load_classifier(model_name, task, with_info=True)
     check_head(model_name, head, task)
+    layers = None
+    if runtime != "pytorch":
+        model, layers = compiled(model, runtime)
     metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
                              data.doc_stride)
     sp = Path(model_name) / "sparsity.json"
     sparsity = json.loads(sp.read_text())["global_sparsity"] if sp.is_file() else None
-    return {"task": task.name, "split": split, **metrics, "sparsity": sparsity}
+    return {"task": task.name, "split": split, **metrics, "sparsity": sparsity,
+            "runtime": runtime, **({"kernels": layers} if layers else {})}
+
+
+def compiled(model, runtime: str):
+    """``model`` on obert's CPU kernels in ``runtime`` ("fp32" or "int8"), and how many of its
+    Linears run on them. INT8 wants AVX2 or AVX-512 VNNI: the scalar fallback is refused."""
+    import obert.runtime as rt
+
+    if runtime == "int8" and rt.available_isas()[0] == "scalar":
+        raise ObertError("--runtime int8 needs AVX2 or AVX-512 VNNI, which this CPU lacks "
+                         "(only the scalar reference kernels run here): use --runtime fp32")
+    model = rt.compile(model.cpu(), dtype=runtime)
+    engines = [c.engine for c in model.obert_layers]
+    return model, {"isa": rt.isa(), "linears": len(engines),
+                   "sparse": sum(e.startswith("sparse") for e in engines)}
 
 
 def targets_or_none(model) -> dict:

@@ -40,7 +40,14 @@ from obert.training.gradual import (
 )
 from obert.training.recipe import Recipe
 from obert.training.schedule import StepPlan
-from obert.workflows.common import DataArgs, check_inputs, log, maybe_evaluate, write_output
+from obert.workflows.common import (
+    DataArgs,
+    check_inputs,
+    log,
+    mask_origin,
+    maybe_evaluate,
+    write_output,
+)
 from obert.workflows.oneshot import target_masks
 
 
@@ -68,6 +75,7 @@ class Models:
     teacher: object | None
     teacher_name: str | None
     masks: MaskSet
+    start_sparsity: float  # the start model's zeros, kept as masks
 
 
 @dataclass
@@ -174,6 +182,12 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
     task, dcfg, pcfg = data.spec, recipe.distillation, recipe.pruning
     tokenizer = load_tokenizer(model_name)
     model, head = load_classifier(model_name, task, with_info=True)
+    if recipe.layers.keep is not None:  # the student only: KD comes from the full teacher
+        from obert.compression.layers import drop_layers
+
+        n = model.config.num_hidden_layers
+        drop_layers(model, recipe.layers.keep, "recipe key layers.keep")
+        log(f"kept layers {recipe.layers.keep} of {n}")
     teacher, teacher_name = None, None
     if dcfg.hardness > 0:
         teacher_name, why = teacher_choice(model_name, head, task, run, recipe)
@@ -185,7 +199,7 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
                          "use mask unstructured or exclude it in targets")
     if pcfg is not None:
         fisher_memory_check(build_pruner(pcfg, masks, comm), pcfg, log)
-    return Models(tokenizer, model, teacher, teacher_name, masks)
+    return Models(tokenizer, model, teacher, teacher_name, masks, masks.sparsity())
 
 
 def teacher_choice(model_name: str, head: HeadInfo, task, run: PruneRunArgs,
@@ -339,7 +353,8 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
     modules = {n: model.get_submodule(n) for n in models.masks.weights}
     report = sparsity_report(model, modules)
     lr = recipe.lr_fn(plan)
-    info = {**report, "method": f"gradual-{pcfg.method}" if pcfg else "dense-distill",
+    kind = "sparse-transfer" if models.start_sparsity > 0 else "dense"
+    info = {**report, "method": f"gradual-{pcfg.method}" if pcfg else f"{kind}-distill",
             "settings": {"recipe": recipe.to_dict(), "teacher": models.teacher_name,
                          "steps_per_epoch": plan.steps_per_epoch,
                          "total_steps": plan.total_steps,
@@ -347,6 +362,8 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
                          "gradient_accumulation_steps": run.gradient_accumulation_steps,
                          "world_size": comm.world},
             "pruning_steps": masked.history,
+            **({"masks": mask_origin(model_name, models.start_sparsity)}
+               if models.start_sparsity > 0 else {}),
             "train": {"train_loss": mean_logged_loss(metrics_log.path),
                       "steps": out.global_step, "wall_s": wall,
                       "resumed_from": str(resume_from) if resume_from else None}}

@@ -1,0 +1,1 @@
+"""Compression beyond pruning: layer dropping (and, later, quantization)."""

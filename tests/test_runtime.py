@@ -314,3 +314,32 @@ def test_evaluate_scores_the_model_as_it_runs(tmp_path, tiny_finetuned_dir, glue
                  str(glue_dir), "--runtime", "int8", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "use --runtime fp32" in err
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fake_quant_linear_computes_what_the_int8_kernel_computes(isa: str) -> None:
+    """QAT's FakeQuantLinear against the INT8 kernel, from the one scheme in
+    compression/quant.py. The kernel sums x_q·W_q exactly in int32 and scales once; the fake
+    quant sums the scaled values in fp32. So |y_kernel − y_fake| ≤ (K + 2)·ε₃₂·(|x̂| @ |Ŵ|ᵀ)
+    + ε₃₂·|b| elementwise (x̂, Ŵ the fake-quantized operands), the bound checked here."""
+    from obert.compression.quant import FakeQuantLinear, fake_quant_tokens, fake_quant_weight
+    from obert.runtime.modules import SparseLinear
+
+    rt.set_isa(isa)
+    eps = torch.finfo(torch.float32).eps
+    for i, (m, n, kk) in enumerate(SHAPES):
+        lin = nn.Linear(kk, n)
+        with torch.no_grad():
+            lin.weight.copy_(pruned(n, kk, 0.5, 4, seed=i))
+        x = torch.randn(m, kk, generator=torch.Generator().manual_seed(200 + i))
+        y_kernel = SparseLinear.from_linear(lin, "int8")(x)
+        fq = FakeQuantLinear(lin)
+        y_fake = fq(x)
+        bound = ((kk + 2) * eps * (fake_quant_tokens(x).abs() @ fake_quant_weight(lin.weight).abs().t())
+                 + eps * lin.bias.abs())
+        assert ((y_kernel - y_fake).abs() <= bound + 1e-30).all(), (isa, m, n, kk)
+        # straight-through: gradients reach the float weight; pruned weights stay exactly 0
+        y_fake.sum().backward()
+        assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+        assert (fake_quant_weight(lin.weight)[lin.weight == 0] == 0).all()
+    rt.set_isa("auto")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from obert.compression.quant import quantize_rows  # the one INT8 scheme (QAT uses it too)
+
 ROW_GROUP = 16  # the kernels' output tile; rows are padded to a multiple of it
 COL_PAD = 16  # the kernels prefetch a few blocks ahead: col carries this many trailing zeros
 
@@ -75,14 +77,6 @@ def pack_f32(weight: torch.Tensor, bs: int = 1) -> Packed:
         col=_col(kb, bs),
         val=blocks[rows, kb].reshape(-1).contiguous(),
     )
-
-
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: w ≈ sw[n] * wq[n, k], wq in [-127, 127]."""
-    amax = weight.abs().amax(1)
-    sw = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    wq = torch.round(weight / sw[:, None]).clamp_(-127, 127).to(torch.int8)
-    return wq, sw.float()
 
 
 def pack_i8(weight: torch.Tensor) -> Packed:

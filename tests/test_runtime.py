@@ -211,17 +211,19 @@ def test_compile_int8_and_density_threshold(tiny_model_dir: Path) -> None:
     m = _tiny_pruned(tiny_model_dir, 0.9, 4)
     c = rt.compile(m, "int8")
     engines = [layer.engine for layer in c.obert_layers]
-    assert engines.count("sparse-int8") == 12 and engines.count("dense-int8") == 2
+    # the encoder's Linears run INT8 (what QAT simulates); pooler and head stay fp32
+    assert engines.count("sparse-int8") == 12 and engines.count("dense-fp32") == 2
     x = torch.randint(1000, 3000, (4, 16))
     with torch.inference_mode():
         ref, out = m(input_ids=x).logits, c(input_ids=x).logits
     assert (out - ref).abs().max().item() < 0.05 * max(1.0, ref.abs().max().item())
-    # a dense model stays dense (fp32: untouched modules; int8: PyTorch's dynamic int8)
+    # a dense model stays dense (fp32: untouched modules; int8: DenseInt8Linear in obert's scheme)
     from transformers import AutoModelForSequenceClassification
 
     dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
     assert all(layer.engine == "dense-fp32" for layer in rt.compile(dense, "fp32").obert_layers)
-    assert all(layer.engine == "dense-int8" for layer in rt.compile(dense, "int8").obert_layers)
+    dense_int8 = [layer.engine for layer in rt.compile(dense, "int8").obert_layers]
+    assert dense_int8.count("dense-int8") == 12 and dense_int8.count("dense-fp32") == 2
     forced = rt.compile(dense, "fp32", max_density=1.0)
     assert all(layer.engine == "sparse-fp32" for layer in forced.obert_layers)
     with torch.inference_mode():
@@ -271,7 +273,8 @@ def test_compiled_minilm_matches_pytorch_on_sst2(minilm_sst2: Path, glue_dir: Pa
     # denser than compile's default threshold): this checks the kernels, not the policy
     fp32 = rt.compile(model, "fp32", max_density=1.0)
     int8 = rt.compile(model, "int8", max_density=1.0)
-    assert sum(layer.engine == "sparse-int8" for layer in int8.obert_layers) == 38
+    engines = [layer.engine for layer in int8.obert_layers]  # 36 encoder Linears in INT8
+    assert engines.count("sparse-int8") == 36 and engines.count("sparse-fp32") == 2
     dev = load_split(get_task("sst2"), "dev", data_dir=str(glue_dir))
     sentences = list(dev["sentence"])
     diff, agree, n = 0.0, 0, 0
@@ -333,7 +336,7 @@ def test_fake_quant_linear_computes_what_the_int8_kernel_computes(isa: str) -> N
             lin.weight.copy_(pruned(n, kk, 0.5, 4, seed=i))
         x = torch.randn(m, kk, generator=torch.Generator().manual_seed(200 + i))
         y_kernel = SparseLinear.from_linear(lin, "int8")(x)
-        fq = FakeQuantLinear(lin)
+        fq = FakeQuantLinear.from_linear(lin)
         y_fake = fq(x)
         bound = ((kk + 2) * eps * (fake_quant_tokens(x).abs() @ fake_quant_weight(lin.weight).abs().t())
                  + eps * lin.bias.abs())
@@ -343,3 +346,50 @@ def test_fake_quant_linear_computes_what_the_int8_kernel_computes(isa: str) -> N
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
         assert (fake_quant_weight(lin.weight)[lin.weight == 0] == 0).all()
     rt.set_isa("auto")
+
+
+def test_dense_int8_is_the_sparse_int8_kernel_at_full_density() -> None:
+    """Layers that stay dense compute obert's scheme too: DenseInt8Linear (torch._int_mm) and
+    the 4-block INT8 kernel forced onto a dense weight both sum x_q·W_q exactly in int32, so
+    they differ only by the fp32 rounding of the scaling and of GELU (a few ulp of the
+    pre-activation |y| + |b|; GELU's slope is below 1.13)."""
+    from obert.runtime.modules import DenseInt8Linear, SparseLinear
+
+    eps = torch.finfo(torch.float32).eps
+    for i, (m, n, kk) in enumerate(SHAPES):
+        lin = nn.Linear(kk, n)
+        x = torch.randn(m, kk, generator=torch.Generator().manual_seed(300 + i))
+        pre = DenseInt8Linear(lin)(x).detach()
+        for act in ("none", "gelu"):
+            a = DenseInt8Linear(lin, act)(x)
+            b = SparseLinear.from_linear(lin, "int8", act=act)(x)
+            tol = 8 * eps * (pre.abs() + lin.bias.abs()) + 1e-30
+            assert ((a - b).abs() <= tol).all(), (m, n, kk, act)
+
+
+def test_compile_int8_from_trained_scales(tiny_model_dir: Path) -> None:
+    """QAT writes weights that are exactly s_w·W_q and the scales s_w: compiling with those
+    scales packs exactly the trained W_q, and the logits equal the fake-quant model's within
+    the kernels' rounding."""
+    from obert.compression.quant import convert_qat, prepare_qat, quantize_rows
+
+    m = _tiny_pruned(tiny_model_dir, 0.8, 4)
+    names = prepare_qat(m)
+    x = torch.randint(1000, 3000, (3, 16))
+    with torch.no_grad():
+        fake = m(input_ids=x).logits
+    trained_q = {n: quantize_rows(m.get_submodule(n).weight.detach())[0] for n in names}
+    scales = convert_qat(m)
+    assert set(scales) == set(names)
+    for n in names:  # the saved weights are exactly the dequantized values, zeros kept
+        w = m.get_submodule(n).weight.detach()
+        assert type(m.get_submodule(n)) is nn.Linear
+        assert torch.equal(w, trained_q[n].float() * scales[n][:, None])
+        assert torch.equal(quantize_rows(w, scales[n])[0], trained_q[n])
+    c = rt.compile(m, "int8", weight_scales=scales, fuse_qkv=False)
+    for n in names:
+        mod = c.get_submodule(n)
+        assert torch.equal(mod.sw, scales[n])
+    with torch.inference_mode():
+        out = c(input_ids=x).logits
+    assert (out - fake).abs().max().item() < 1e-3 * max(1.0, fake.abs().max().item())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from obert.errors import ObertError
 
@@ -190,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--train-file", help=argparse.SUPPRESS)  # for --split train
 
+    p = sub.add_parser("export", help="ONNX file that keeps the zeros (and INT8 as int8 weights "
+                       "+ DequantizeLinear), checked with ONNX Runtime")
+    p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="the encoder's Linears in obert's INT8 "
+                   "scheme (a QAT model's trained scales when its folder has them)")
+    p.add_argument("--task", help="check on this task's dev rows (default: sample sentences)")
+    p.add_argument("--data-dir", help="local GLUE folder for --task")
+    p.add_argument("--validation-file", help="explicit dev file for --task")
+    p.add_argument("--check-rows", type=COUNT, default=32, help="rows the check runs")
+    p.add_argument("--max-seq-length", type=SEQ_LEN, default=128, help="tokens per check row")
+    p.add_argument("--tolerance", type=_number(float, 0), help="largest logit difference "
+                   "accepted, relative to max(1, max |logit|) (default 1e-4 fp32, 1e-2 int8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("bench", help="CPU latency: dense fp32/INT8 PyTorch vs obert's sparse kernels")
     p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
     p.add_argument("--seq-len", type=COUNT, default=128, help="tokens per row")
@@ -285,6 +303,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             for k, v in result.items():
                 print(f"{k:>22}  {v:.4f}" if isinstance(v, float) else f"{k:>22}  {v}")
+    elif args.command == "export":
+        from obert.workflows.export import run_export
+
+        wf.set_quiet(args.quiet)
+        data = wf.DataArgs(args.task, args.data_dir, validation_file=args.validation_file) \
+            if args.task else None
+        result = run_export(args.model, args.output, args.int8, data, args.check_rows,
+                            args.max_seq_length, args.tolerance, args.overwrite)
+        if args.json:
+            print(json.dumps(result))
     elif args.command == "drop-layers":
         from obert.workflows.layers import run_drop_layers
 
@@ -314,8 +342,11 @@ def _bench(args: argparse.Namespace) -> int:
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and args.seq_len > max_pos:
         raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
+    from obert.io import load_weight_scales
+
+    scales = load_weight_scales(args.model) if Path(args.model).is_dir() else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
-                       args.repeats, engines, quiet=args.quiet)
+                       args.repeats, engines, quiet=args.quiet, weight_scales=scales)
     report["model"] = args.model
     print(json.dumps(report) if args.json else format_table(report))
     return 0

@@ -111,3 +111,29 @@ def save_model(model, tokenizer, folder: Path, info: dict | None = None) -> None
         tokenizer.save_pretrained(folder)
     if info is not None:
         (folder / "sparsity.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+QUANT_FILE = "quantization.safetensors"
+
+
+def save_weight_scales(folder: Path, scales: dict) -> None:
+    """QAT's per-row weight scales, ``{module}.weight_scale`` in safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({f"{n}.weight_scale": s.contiguous() for n, s in scales.items()},
+              str(Path(folder) / QUANT_FILE))
+
+
+def load_weight_scales(folder: str | os.PathLike) -> dict | None:
+    """The trained weight scales of a QAT model folder (module name -> s_w), or None."""
+    path = Path(folder) / QUANT_FILE
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    try:
+        data = load_file(str(path))
+    except Exception as e:  # safetensors raises its own types on a damaged file
+        raise ObertError(f"{path} does not load ({type(e).__name__}): the QAT output is "
+                         "damaged; rerun the quantization step") from None
+    return {k.removesuffix(".weight_scale"): v for k, v in data.items()}

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .modules import DenseAct, FusedPart, FusedProjections, SparseLinear, dynamic_int8
+from obert.compression.quant import int8_linears
+
+from .modules import DenseInt8Linear, FusedPart, FusedProjections, SparseLinear
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
-# machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs fbgemm.
+# machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs dense int8.
 MAX_DENSITY = {"fp32": 0.35, "int8": 0.35}
 
 
@@ -72,13 +74,16 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     fuse_gelu: bool = True,
     fuse_qkv: bool = True,
     inplace: bool = False,
+    weight_scales: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
-    dtype "fp32" keeps fp32 math (sparse layers on blocked-CSR kernels, the rest untouched);
-    "int8" runs sparse layers on int8 4-block kernels (per-row weight scales, per-token dynamic
-    activation scales) and the rest on PyTorch's dynamic INT8. A Linear goes sparse when the
-    fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY[dtype]).
+    dtype "fp32" keeps fp32 math (sparse layers on blocked-CSR kernels, the rest untouched).
+    "int8" runs the encoder's Linears (``obert.compression.quant.int8_linears``, what QAT
+    simulates) in obert's INT8 scheme: sparse ones on the int8 4-block kernels, dense ones on
+    ``DenseInt8Linear``; pooler and head stay fp32. ``weight_scales`` (name -> per-row s_w, as
+    QAT writes them) replace the scales computed from the weights. A Linear goes sparse when
+    the fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY).
     The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
     exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
     attention's query/key/value, when all three go sparse, run as one kernel call (`fuse_qkv`).
@@ -89,20 +94,28 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         model = copy.deepcopy(model)
     model.eval()
     model.requires_grad_(False)
-    choices = _fuse_qkv(model, dtype, max_density) if fuse_qkv else []
+    int8 = set(int8_linears(model)) if dtype == "int8" else set()
+    scales = weight_scales or {}
+
+    def layer_dtype(name: str) -> str:
+        return "int8" if name in int8 else "fp32"
+
+    choices = _fuse_qkv(model, layer_dtype, max_density, scales) if fuse_qkv else []
     parents = dict(model.named_modules())
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = parents[parent_name] if parent_name else model
-        c = choose(name, mod, dtype, max_density)
+        dt = layer_dtype(name)
+        c = choose(name, mod, dt, max_density)
         act = getattr(parent, "intermediate_act_fn", None)
         fuse = fuse_gelu and attr == "dense" and act is not None and _is_exact_gelu(act)
+        how = "gelu" if fuse else "none"
         if c.engine.startswith("sparse"):
-            new: nn.Module = SparseLinear.from_linear(mod, dtype, c.block, "gelu" if fuse else "none")
-        elif dtype == "int8":
-            new = DenseAct(dynamic_int8(mod), "gelu") if fuse else dynamic_int8(mod)
+            new: nn.Module = SparseLinear.from_linear(mod, dt, c.block, how, scales.get(name))
+        elif dt == "int8":
+            new = DenseInt8Linear(mod, how, scales.get(name))
         else:
             new, fuse = mod, False
         if fuse:
@@ -117,15 +130,21 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
 QKV = ("query", "key", "value")
 
 
-def _fuse_qkv(model: nn.Module, dtype: str, max_density: float | None) -> list[LayerChoice]:
-    """Replace query/key/value Linears that all go sparse by parts of one fused kernel call."""
+def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
+              scales: dict[str, torch.Tensor]) -> list[LayerChoice]:
+    """Replace query/key/value Linears that all go sparse (in one dtype) by parts of one fused
+    kernel call."""
     choices = []
     for pname, parent in list(model.named_modules()):
         lins = [getattr(parent, a, None) for a in QKV]
         if not all(isinstance(lin, nn.Linear) for lin in lins):
             continue
-        cs = [choose(f"{pname}.{a}" if pname else a, lin, dtype, max_density)
-              for a, lin in zip(QKV, lins, strict=True)]
+        names = [f"{pname}.{a}" if pname else a for a in QKV]
+        dts = {layer_dtype(n) for n in names}
+        if len(dts) != 1:
+            continue
+        dtype = dts.pop()
+        cs = [choose(n, lin, dtype, max_density) for n, lin in zip(names, lins, strict=True)]
         if any(not c.engine.startswith("sparse") for c in cs) or len({c.block for c in cs}) != 1:
             continue
         if len({lin.in_features for lin in lins}) != 1:
@@ -135,7 +154,12 @@ def _fuse_qkv(model: nn.Module, dtype: str, max_density: float | None) -> list[L
         bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(lin.out_features)
              for b, lin in zip(biases, lins, strict=True)])
-        fused = FusedProjections(SparseLinear.from_weight(weight, bias, dtype, cs[0].block),
+        scale = None
+        if dtype == "int8" and any(n in scales for n in names):
+            scale = torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
+                               for n, lin in zip(names, lins, strict=True)])
+        fused = FusedProjections(SparseLinear.from_weight(weight, bias, dtype, cs[0].block,
+                                                          scale=scale),
                                  [lin.out_features for lin in lins])
         parent.qkv_fused = fused
         for i, (a, c) in enumerate(zip(QKV, cs, strict=True)):
@@ -143,6 +167,12 @@ def _fuse_qkv(model: nn.Module, dtype: str, max_density: float | None) -> list[L
             c.qkv_fused = True
         choices += cs
     return choices
+
+
+def _row_scale(weight: torch.Tensor) -> torch.Tensor:
+    from obert.compression.quant import quantize_rows
+
+    return quantize_rows(weight.detach().float())[1]
 
 
 def summary(model: nn.Module) -> dict:

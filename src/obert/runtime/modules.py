@@ -1,4 +1,5 @@
-"""Inference modules that replace `nn.Linear`: obert's sparse kernels, or PyTorch's dense INT8."""
+"""Inference modules that replace `nn.Linear`: obert's sparse kernels, or dense INT8 in obert's
+scheme (``DenseInt8Linear``); PyTorch's dynamic INT8 only as the baseline users compare with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from obert.compression.quant import quantize_rows, quantize_tokens
 
 from ._ext import kernels
 from .pack import Packed, pack_f32, pack_i8
@@ -39,16 +42,18 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: str,
-                    bs: int = 4, act: str = "none") -> SparseLinear:
-        """Pack a dense [out, in] weight with exact zeros (INT8: always 4-blocks)."""
+                    bs: int = 4, act: str = "none",
+                    scale: torch.Tensor | None = None) -> SparseLinear:
+        """Pack a dense [out, in] weight with exact zeros (INT8: always 4-blocks, per-row
+        ``scale`` if given, else max|W[n]|/127)."""
         w = weight.detach()
-        packed = pack_f32(w, bs) if dtype == "fp32" else pack_i8(w)
+        packed = pack_f32(w, bs) if dtype == "fp32" else pack_i8(w, scale)
         return cls(packed, bias, dtype, act)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: str, bs: int = 4,
-                    act: str = "none") -> SparseLinear:
-        return cls.from_weight(linear.weight, linear.bias, dtype, bs, act)
+    def from_linear(cls, linear: nn.Linear, dtype: str, bs: int = 4, act: str = "none",
+                    scale: torch.Tensor | None = None) -> SparseLinear:
+        return cls.from_weight(linear.weight, linear.bias, dtype, bs, act, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -118,29 +123,34 @@ class FusedPart(nn.Module):
         return f"part {self.index} of the fused projection, out_features={self.out_features}"
 
 
-class DenseAct(nn.Module):
-    """A kept-dense linear whose activation was fused away from its parent: act(linear(x))."""
+class DenseInt8Linear(nn.Module):
+    """y = act(x Wᵀ + b) for a layer that stays dense, in obert's INT8 scheme
+    (``obert.compression.quant``): per-row weight scales, per-token activation scales, exact
+    int32 sums (``torch._int_mm``). The same numbers as the sparse INT8 kernel at full density,
+    so QAT's fake quantization simulates these layers too."""
 
-    def __init__(self, linear: nn.Module, act: str):
+    def __init__(self, linear: nn.Linear, act: str = "none", scale: torch.Tensor | None = None):
         super().__init__()
-        self.linear, self.act = linear, act
+        wq, sw = quantize_rows(linear.weight.detach().float().cpu(), scale)
+        self.in_features, self.out_features, self.act = linear.in_features, linear.out_features, act
+        self.register_buffer("wq_t", wq.t().contiguous())  # [in, out]: _int_mm's right operand
+        self.register_buffer("sw", sw)
+        b = None if linear.bias is None else linear.bias.detach().float().contiguous().clone()
+        self.register_buffer("bias", b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
-        return nn.functional.gelu(y) if self.act == "gelu" else y
+        shape = x.shape
+        q, sx = quantize_tokens(x.reshape(-1, self.in_features).float())
+        y = torch._int_mm(q.to(torch.int8), self.wq_t).float() * sx * self.sw
+        if self.bias is not None:
+            y = y + self.bias
+        if self.act == "gelu":
+            y = nn.functional.gelu(y)
+        return y.view(*shape[:-1], self.out_features)
 
-
-def dynamic_int8(linear: nn.Linear) -> nn.Module:
-    """PyTorch's dynamic-quantized INT8 linear (fbgemm/onednn), for layers that stay dense."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.nn.quantized.dynamic import Linear as QLinear
-        from torch.ao.quantization import default_dynamic_qconfig
-
-        linear.qconfig = default_dynamic_qconfig
-        q = QLinear.from_float(linear)
-        del linear.qconfig
-    return q
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 dense, "
+                f"act={self.act}")
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:

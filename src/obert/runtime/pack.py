@@ -79,10 +79,11 @@ def pack_f32(weight: torch.Tensor, bs: int = 1) -> Packed:
     )
 
 
-def pack_i8(weight: torch.Tensor) -> Packed:
-    """Int8 4-blocks along the input dimension, per-row scales (the VNNI layout)."""
+def pack_i8(weight: torch.Tensor, scale: torch.Tensor | None = None) -> Packed:
+    """Int8 4-blocks along the input dimension, per-row scales (the VNNI layout); ``scale``:
+    trained per-row scales (QAT) instead of max|W[n]|/127."""
     w = weight.detach().float().cpu()
-    wq, sw = quantize_rows(w)
+    wq, sw = quantize_rows(w, scale)
     blocks = _blocks(wq, 4)
     nz = _blocks(w, 4).ne(0).any(-1)
     rows, kb = nz.nonzero(as_tuple=True)

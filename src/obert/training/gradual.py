@@ -9,6 +9,8 @@ Three pieces, each small:
   the masks beside every Trainer checkpoint.
 - ``DistillTrainer``, a Trainer whose loss is KD from a teacher and whose LR schedule is the
   recipe's (cyclic linear with a rewind at every pruning step), followed by ``global_step``.
+- ``QuantizeFrom``, a callback that turns the encoder's Linears into INT8 fake-quantized
+  ones (QAT) from a given optimizer step on.
 - ``MetricsLog``, a callback writing ``metrics.jsonl``.
 """
 
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
+from obert.compression.quant import int8_cost_note, prepare_qat
 from obert.pruning.distributed import Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.step import pruning_step
@@ -120,6 +123,32 @@ class MaskedPruning(HoldMasks):
         except Exception as e:  # OSError, JSON, safetensors' own error on a truncated file
             raise ValueError(f"{type(e).__name__}: {str(e).strip()[:120]}") from None
         self.history = history
+
+
+class QuantizeFrom(TrainerCallback):
+    """INT8 QAT from optimizer step ``start`` on: before that step (and after a resume past
+    it) the encoder's Linears become ``FakeQuantLinear`` on the same parameters, so the
+    optimizer state, the masks' hooks and DDP carry on unchanged. Masks stay held by
+    ``HoldMasks``/``MaskedPruning``: a pruned weight quantizes to exactly 0."""
+
+    def __init__(self, start: int, log: Callable[[str], None] = print, is_main: bool = True):
+        self.start, self.log, self.is_main = start, log, is_main
+        self.names: list[str] = []
+
+    def enable(self, model: nn.Module) -> None:
+        if self.names:
+            return
+        self.names = prepare_qat(model)
+        if self.is_main:
+            self.log(f"INT8 quantization-aware training from optimizer step {self.start}: "
+                     f"{len(self.names)} encoder Linears fake-quantized")
+            note = int8_cost_note(model)
+            if note:
+                self.log(note)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.start:
+            self.enable(model)
 
 
 class PlanLR(LRScheduler):

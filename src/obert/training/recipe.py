@@ -22,8 +22,8 @@ from obert.errors import ObertError
 from obert.pruning.config import MASK_GROUP, FisherConfig, StepConfig, TargetsConfig
 from obert.training.schedule import StepPlan, lr_at, plan_steps, sparsity_targets
 
-__all__ = ["FisherConfig", "LayersConfig", "PruningConfig", "Recipe", "RecipeError",
-           "TargetsConfig"]
+__all__ = ["FisherConfig", "LayersConfig", "PruningConfig", "QuantizationConfig", "Recipe",
+           "RecipeError", "TargetsConfig"]
 
 
 class RecipeError(ObertError):
@@ -110,8 +110,39 @@ class LayersConfig:
 
 
 @dataclass
+class QuantLRConfig(LRConfig):
+    """The QAT phase's LR: linear from max to min over its epochs (the paper's 2e-5 → 0)."""
+
+    schedule: str = "linear"
+    max: float = 2e-5
+    min: float = 0.0
+
+    def check(self, key: str) -> None:
+        super().check(key)
+        _one_of(f"{key}.schedule", self.schedule, ("linear",))
+
+
+@dataclass
+class QuantizationConfig:
+    """INT8 quantization-aware training after the run's ``epochs``, masks fixed: the encoder's
+    Linears compute what obert's INT8 kernels compute (``obert.compression.quant``), with
+    straight-through gradients. ``quantization: {epochs: 1}`` is a whole section."""
+
+    epochs: float = 2.0
+    lr: QuantLRConfig = field(default_factory=QuantLRConfig)
+
+    def check(self, key: str) -> None:
+        _need(self.epochs > 0, f"{key}.epochs", f"= {self.epochs} must be positive")
+        self.lr.check(f"{key}.lr")
+        _need(self.lr.warmup_epochs <= self.epochs, f"{key}.lr.warmup_epochs",
+              "is past quantization.epochs")
+
+
+@dataclass
 class Recipe:
-    """A gradual-pruning run. ``pruning: null`` trains dense (with KD if a teacher is given)."""
+    """A gradual-pruning run. ``pruning: null`` trains dense (with KD if a teacher is given);
+    ``quantization`` adds INT8 QAT after ``epochs`` (``epochs: 0`` with ``pruning: null``:
+    QAT alone, e.g. on an already pruned model)."""
 
     epochs: float = 30.0
     batch_size: int = 32
@@ -122,9 +153,14 @@ class Recipe:
     distillation: DistillConfig = field(default_factory=DistillConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
+    quantization: QuantizationConfig | None = None
 
     def check(self) -> Recipe:
-        _need(self.epochs > 0, "epochs", f"= {self.epochs} must be positive")
+        if self.quantization is None or self.pruning is not None:
+            _need(self.epochs > 0, "epochs", f"= {self.epochs} must be positive"
+                  + ("" if self.pruning is not None else
+                     " (0 only with a quantization section and pruning: null)"))
+        _need(self.epochs >= 0, "epochs", f"= {self.epochs} must be ≥ 0")
         _need(self.batch_size >= 1, "batch_size", "must be ≥ 1")
         _need(self.max_seq_length >= 8, "max_seq_length", "must be ≥ 8")
         _need(self.weight_decay >= 0, "weight_decay", "must be ≥ 0")
@@ -137,24 +173,38 @@ class Recipe:
         self.distillation.check("distillation")
         self.targets.check(lambda path: f"recipe key targets.{path}:", RecipeError)
         self.layers.check()
+        if self.quantization is not None:
+            self.quantization.check("quantization")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def plan(self, steps_per_epoch: int) -> StepPlan:
-        """This recipe in optimizer steps, given the Trainer's steps per epoch."""
+        """This recipe in optimizer steps, given the Trainer's steps per epoch: the pruning
+        (or dense) part, then the QAT part from ``plan.qat_start``."""
         targets = self.pruning.targets() if self.pruning is not None else []
-        return plan_steps(steps_per_epoch, self.epochs, targets,
+        plan = plan_steps(steps_per_epoch, self.epochs, targets,
                           self.lr.schedule == "cyclic_linear")
+        if self.quantization is None:
+            return plan
+        qat = max(1, int(math.ceil(self.quantization.epochs * steps_per_epoch - 1e-9)))
+        return dataclasses.replace(plan, total_steps=plan.total_steps + qat,
+                                   qat_start=plan.total_steps)
 
     def lr_fn(self, plan: StepPlan) -> Callable[[int], float]:
-        """The learning rate of every optimizer step under ``plan`` (rewinds, warm-up)."""
-        warmup = int(round(self.lr.warmup_epochs * plan.steps_per_epoch))
+        """The learning rate of every optimizer step under ``plan`` (rewinds, warm-up; the QAT
+        part decays linearly on its own)."""
+        spe, end = plan.steps_per_epoch, plan.pretrain_steps
+        warmup = int(round(self.lr.warmup_epochs * spe))
+        q = self.quantization
+        q_warmup = int(round(q.lr.warmup_epochs * spe)) if q else 0
 
         def lr(step: int) -> float:
-            return lr_at(step, plan.cycle_starts, plan.total_steps, self.lr.max, self.lr.min,
-                         warmup)
+            if step >= end and q is not None:
+                return lr_at(step - end, [0], plan.total_steps - end, q.lr.max, q.lr.min,
+                             q_warmup)
+            return lr_at(step, plan.cycle_starts, end, self.lr.max, self.lr.min, warmup)
 
         return lr
 

@@ -89,6 +89,12 @@ class StepPlan:
     total_steps: int
     prune_at: dict[int, float]  # optimizer step -> target sparsity after that step
     cycle_starts: list[int]
+    qat_start: int | None = None  # optimizer steps from here on train INT8 (fake quant)
+
+    @property
+    def pretrain_steps(self) -> int:
+        """The steps before QAT (all of them without QAT)."""
+        return self.total_steps if self.qat_start is None else self.qat_start
 
     @property
     def final_sparsity(self) -> float:
@@ -101,8 +107,9 @@ def plan_steps(
     targets: list[tuple[float, float]],
     cyclic: bool,
 ) -> StepPlan:
-    """Map (epoch, sparsity) pruning steps to optimizer steps; rewind points if ``cyclic``."""
-    total = max(1, int(math.ceil(epochs * steps_per_epoch - 1e-9)))
+    """Map (epoch, sparsity) pruning steps to optimizer steps; rewind points if ``cyclic``.
+    ``epochs`` 0 (QAT alone) plans no step."""
+    total = max(1, int(math.ceil(epochs * steps_per_epoch - 1e-9))) if epochs > 0 else 0
     prune_at: dict[int, float] = {}
     for epoch, s in targets:
         step = min(epoch_to_step(epoch, steps_per_epoch), total)

@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from obert.compression.quant import SCHEME, convert_qat, int8_linears, prepare_qat
 from obert.data.tokenize import batches, encode
 from obert.errors import ObertError
-from obert.io import check_output, sparsity_report
+from obert.io import QUANT_FILE, check_output, save_weight_scales, sparsity_report
 from obert.models import HeadInfo, check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig
 from obert.pruning.distributed import TIMEOUT, Comm
@@ -35,6 +36,7 @@ from obert.training.gradual import (
     DistillTrainer,
     MaskedPruning,
     MetricsLog,
+    QuantizeFrom,
     complete_checkpoints,
     read_metrics,
 )
@@ -188,6 +190,8 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
         n = model.config.num_hidden_layers
         drop_layers(model, recipe.layers.keep, "recipe key layers.keep")
         log(f"kept layers {recipe.layers.keep} of {n}")
+    if recipe.quantization is not None:
+        int8_linears(model)  # QAT needs encoder Linears: refuse before any training
     teacher, teacher_name = None, None
     if dcfg.hardness > 0:
         teacher_name, why = teacher_choice(model_name, head, task, run, recipe)
@@ -266,15 +270,20 @@ def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: 
     spe = trainer.steps_per_epoch()
     plan = recipe.plan(spe)
     masked.plan, trainer.lr_fn = plan, recipe.lr_fn(plan)
+    if plan.qat_start is not None:
+        trainer.add_callback(QuantizeFrom(plan.qat_start, log, comm.is_main))
     args.max_steps = plan.total_steps
     args.logging_steps = args.eval_steps = run.logging_steps or max(1, spe // 8)
     args.save_steps = run.save_steps or max(1, spe // 2)
-    if pcfg is not None and comm.is_main:
+    if (pcfg is not None or plan.qat_start is not None) and comm.is_main:
         log(f"{task.name}: {len(splits.train):,} training "
             f"{'windows' if task.is_qa else 'rows'}, {spe} optimizer steps per epoch"
             f"{f' per rank ({comm.world} ranks)' if comm.world > 1 else ''}, "
-            f"{plan.total_steps} in all; pruning at steps "
-            + ", ".join(f"{s} ({v:.1%})" for s, v in sorted(plan.prune_at.items())))
+            f"{plan.total_steps} in all"
+            + ("; pruning at steps " + ", ".join(f"{s} ({v:.1%})" for s, v in
+                                                 sorted(plan.prune_at.items()))
+               if plan.prune_at else "")
+            + (f"; INT8 QAT from step {plan.qat_start}" if plan.qat_start is not None else ""))
     return trainer, masked, metrics_log, plan
 
 
@@ -348,8 +357,12 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
     """The model folder (rank 0): weights, sparsity.json, eval_results.json, metrics, plots."""
     from obert.training.plots import plot_run, schedule_curves
 
-    task, pcfg = data.spec, recipe.pruning
+    task, pcfg, qcfg = data.spec, recipe.pruning, recipe.quantization
+    if qcfg is not None:  # (a run resumed after its last step never re-entered QAT)
+        prepare_qat(model)
+    # with QAT this scores the fake-quantized model: what the INT8 kernels compute
     final = maybe_evaluate(model, models.tokenizer, data, recipe.max_seq_length, run.quiet)
+    scales = convert_qat(model) if qcfg is not None else None
     modules = {n: model.get_submodule(n) for n in models.masks.weights}
     report = sparsity_report(model, modules)
     lr = recipe.lr_fn(plan)
@@ -362,6 +375,12 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
                          "gradient_accumulation_steps": run.gradient_accumulation_steps,
                          "world_size": comm.world},
             "pruning_steps": masked.history,
+            **({"quantization": {
+                "scheme": SCHEME, "file": QUANT_FILE, "layers": sorted(scales),
+                "qat_start_step": plan.qat_start, "epochs": qcfg.epochs,
+                "weights": "fp32 values exactly s_w·W_q (the dequantized INT8 weights)",
+                "evaluated": "INT8 fake quantization (the kernels' numbers)"}}
+               if scales is not None else {}),
             **({"masks": mask_origin(model_name, models.start_sparsity)}
                if models.start_sparsity > 0 else {}),
             "train": {"train_loss": mean_logged_loss(metrics_log.path),
@@ -370,6 +389,8 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
 
     def run_files(tmp: Path) -> None:
         shutil.copy(metrics_log.path, tmp / "metrics.jsonl")
+        if scales is not None:
+            save_weight_scales(tmp, scales)
         curves = schedule_curves(plan.total_steps, [lr(s) for s in range(plan.total_steps)],
                                  masked.history)
         plot_run(read_metrics(metrics_log.path), report, sorted(plan.prune_at),

@@ -1,0 +1,85 @@
+"""``obert export``: the model as an ONNX file, checked with ONNX Runtime on real rows.
+
+Steps: check the output path; load the model (and a QAT model's trained scales); tokenize the
+check rows (the task's dev rows, or a fixed set of English sentences); export and check
+(``obert.runtime.export``); report.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from obert.errors import ObertError
+from obert.io import load_weight_scales
+from obert.models import check_seq_len, load_config, load_for_inference, load_tokenizer
+from obert.workflows.common import DataArgs, check_inputs, log
+
+# Used when no --task is given: varied real sentences, long and short, so padding is checked.
+SAMPLE = [
+    "a gripping, funny and moving film that never lets go",
+    "it never takes off, and the plot is thin to the point of being invisible.",
+    "the performances are fine",
+    "What is the capital of France? Paris has been the capital since the tenth century.",
+    "Profits rose 12 percent in the third quarter, the company said on Tuesday.",
+    "no.",
+    "If the weather holds, the match will be played on Sunday afternoon as planned.",
+    "The cat sat on the mat while the dog slept by the fire.",
+]
+
+
+def check_onnx_output(output: str, overwrite: bool) -> Path:
+    path = Path(output)
+    if path.is_dir():
+        raise ObertError(f"--output {path} is a folder: name the .onnx file to write")
+    if path.exists() and not overwrite:
+        raise ObertError(f"{path} already exists: choose another --output or pass --overwrite")
+    if not path.parent.is_dir():
+        raise ObertError(f"the folder of --output {path} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ObertError(f"cannot write in {path.parent}: choose another --output")
+    return path
+
+
+def check_rows(tokenizer, data: DataArgs | None, rows: int,
+                     max_seq_length: int) -> dict:
+    """Tokenized check rows: the first ``rows`` of the task's dev split, or ``SAMPLE``."""
+    if data is not None and not data.spec.is_qa:
+        dev = data.load("dev")
+        cols = [c for c in data.spec.text_keys if c]
+        dev = dev.select(range(min(rows, len(dev))))
+        texts = [list(dev[c]) for c in cols]
+        source = f"{len(dev)} {data.spec.name} dev rows"
+    else:
+        texts = [[SAMPLE[i % len(SAMPLE)] for i in range(rows)]]
+        source = f"{rows} sample sentences"
+    enc = tokenizer(*texts, padding=True, truncation=True, max_length=max_seq_length,
+                    return_tensors="pt")
+    log(f"checking on {source}")
+    return dict(enc)
+
+
+def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs | None = None,
+               rows: int = 32, max_seq_length: int = 128, tolerance: float | None = None,
+               overwrite: bool = False) -> dict:
+    from obert.runtime.export import export_onnx
+
+    path = check_onnx_output(output, overwrite)
+    if data is not None:
+        check_inputs(model_name, data, max_seq_length)
+    else:
+        check_seq_len(load_config(model_name), max_seq_length)
+    model = load_for_inference(model_name)
+    tokenizer = load_tokenizer(model_name)
+    scales = load_weight_scales(model_name) if int8 and Path(model_name).is_dir() else None
+    inputs = check_rows(tokenizer, data, rows, max_seq_length)
+    report = export_onnx(model, path, inputs, int8, scales, tolerance)
+    log(f"wrote {path} ({report.size_mb:.1f} MB, {report.dtype}"
+        f"{f', {report.int8_layers} INT8 Linears' if int8 else ''}"
+        f"{', trained scales' if scales else ''}): largest logit difference from PyTorch "
+        f"{report.max_abs_diff:.3g} on {report.rows} rows (tolerance {report.tolerance:g} x "
+        f"max(1, {report.max_logit:.3g}))"
+        + (f"; ONNX Runtime's default optimizations give {report.default_session_diff:.3g}, "
+           "session.disable_quant_qdq=1 keeps obert's numbers" if int8 else ""))
+    return {**asdict(report), "trained_scales": bool(scales)}

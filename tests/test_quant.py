@@ -124,6 +124,33 @@ def test_prune_then_qat_holds_masks_and_writes_int8_weights(tmp_path, tiny_model
     assert row["kernels"]["trained_scales"] and row["kernels"]["int8"] == 12
     final = json.loads((out / "eval_results.json").read_text())
     assert abs(row["accuracy"] - final["accuracy"]) <= 2 / 872  # a tie or two may flip
+    # rt.compile on the loaded folder finds the trained scales by itself
+    import obert.runtime as rt
+    from transformers import AutoModelForSequenceClassification
+
+    c = rt.compile(AutoModelForSequenceClassification.from_pretrained(out), "int8")
+    name = next(k for k in scales if "intermediate" in k).removesuffix(".weight_scale")
+    assert torch.equal(c.get_submodule(name).sw, scales[name + ".weight_scale"])
+    # bench --task: accuracy and latency of the same engines, side by side
+    assert main(["bench", "--model", str(out), "--task", "sst2", "--data-dir", str(glue_dir),
+                 "--engines", "dense-fp32,sparse-int8", "--warmup", "0", "--repeats", "1",
+                 "--seq-len", "32", "--json", "--quiet"]) == 0
+    bench = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    acc = {r["name"]: r["metrics"]["accuracy"] for r in bench["results"]}
+    assert acc["sparse-int8"] == row["accuracy"] and bench["task"] == "sst2"
+    # exported with --int8 from the trained scales: the int8 initializers hold exactly the
+    # model's zeros (its weights are s_w·W_q already), and ONNX Runtime agrees on SST-2 rows
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "--model", str(out), "--output", str(tmp_path / "q.onnx"), "--int8",
+                 "--task", "sst2", "--data-dir", str(glue_dir), "--json", "--quiet"]) == 0
+    exp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model_zeros = sum(int((w == 0).sum()) for k, w in weights.items()
+                      if k.replace(".weight", ".weight_scale") in scales)
+    head = AutoModelForSequenceClassification.from_pretrained(out)
+    fp32_zeros = sum(int((m.weight == 0).sum()) for n, m in head.named_modules()
+                     if isinstance(m, nn.Linear) and ".layer." not in n)
+    assert exp["trained_scales"] and exp["zeros"] == model_zeros + fp32_zeros
+    assert exp["max_abs_diff"] <= 1e-2 * max(1, exp["max_logit"])
 
 
 def test_qat_alone_on_a_pruned_model_keeps_its_zeros(tmp_path, tiny_model_dir, glue_dir):

@@ -86,6 +86,18 @@ def test_bundled_recipes_match_the_paper():
     assert load_recipe("obert-glue-block4-90").pruning.fisher.block_size == 32
     assert load_recipe("obert-squad-90").max_seq_length == 384
     assert load_recipe("obert-glue-init30-80").pruning.init_sparsity == 0.3
+    # compound (PAPER.md §3 and §5): layers of BERT-base, init30, 4-blocks + 2 epochs of QAT
+    for task in ("glue", "squad"):
+        for layers, keep in ((6, [0, 2, 4, 6, 8, 11]), (3, [0, 6, 11])):
+            plain = load_recipe(f"obert-{task}-L{layers}-80")
+            assert plain.layers.keep == keep and plain.quantization is None
+            assert plain.pruning.init_sparsity == 0.3 and plain.pruning.mask == "unstructured"
+            for t in (80, 90):
+                r = load_recipe(f"obert-{task}-L{layers}-block4-{t}-qat")
+                assert r.layers.keep == keep and r.pruning.final_sparsity == t / 100
+                assert (r.pruning.mask, r.pruning.fisher.block_size) == ("block4", 32)
+                q = r.quantization
+                assert (q.epochs, q.lr.max, q.lr.min) == (2, 2e-5, 0.0)
 
 
 @pytest.mark.parametrize("epochs", [3, 10, 30])

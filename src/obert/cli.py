@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=COUNT, help="intra-op threads (default: torch's)")
     p.add_argument("--warmup", type=_number(int, 0), default=5, help="untimed runs first")
     p.add_argument("--repeats", type=COUNT, default=20, help="timed runs per engine")
+    p.add_argument("--task", help="also score every engine on this task's dev set (accuracy "
+                   "and latency of the same modules)")
+    p.add_argument("--data-dir", help="local GLUE/SQuAD folder for --task")
+    p.add_argument("--validation-file", help="explicit dev file for --task")
+    p.add_argument("--max-seq-length", type=SEQ_LEN, help="tokens per row when scoring "
+                   "(default: the task's)")
     p.add_argument("--engines", default="dense-fp32,dense-int8,sparse-fp32,sparse-int8",
                    help="comma-separated subset")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -345,11 +351,33 @@ def _bench(args: argparse.Namespace) -> int:
     from obert.io import load_weight_scales
 
     scales = load_weight_scales(args.model) if Path(args.model).is_dir() else None
+    score = _bench_scorer(args) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
-                       args.repeats, engines, quiet=args.quiet, weight_scales=scales)
+                       args.repeats, engines, quiet=args.quiet, weight_scales=scales,
+                       score=score)
+    if args.task:
+        report["task"] = args.task
     report["model"] = args.model
     print(json.dumps(report) if args.json else format_table(report))
     return 0
+
+
+def _bench_scorer(args: argparse.Namespace):
+    """The dev-set metrics of an engine (``bench --task``), the data checked before timing."""
+    from obert.models import load_tokenizer
+    from obert.training.evaluate import evaluate_split
+    from obert.workflows.common import DataArgs
+
+    data = DataArgs(args.task, args.data_dir, validation_file=args.validation_file)
+    task = data.spec
+    seq = _seq_len(args)
+    dev = data.load("dev")
+    tokenizer = load_tokenizer(args.model)
+
+    def score(engine) -> dict:
+        return evaluate_split(engine, dev, tokenizer, task, seq, 64, args.quiet)
+
+    return score
 
 
 def _recipe(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class EngineResult:
     min_ms: float
     speedup_vs_dense_fp32: float = 1.0
     speedup_vs_dense_int8: float | None = None
+    metrics: dict | None = None  # the task metrics of this engine (``score``), when asked
 
 
 def example_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) -> dict:
@@ -83,8 +84,11 @@ def build_engines(model: nn.Module, names=ENGINES,
 
 def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
               warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False,
-              weight_scales: dict | None = None) -> dict:
-    """Time each engine on the same inputs; speed-ups are ratios measured in this one run."""
+              weight_scales: dict | None = None,
+              score: Callable[[nn.Module], dict] | None = None) -> dict:
+    """Time each engine on the same inputs; speed-ups are ratios measured in this one run.
+    ``score(engine)``: the task metrics of each engine (``obert bench --task``), so accuracy
+    and latency come from the same modules."""
     from tqdm.auto import tqdm
 
     if threads is not None:
@@ -103,6 +107,9 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
             results.append(EngineResult(name, med, batch_size * 1e3 / med, diff, min(ms)))
         bar.close()
     by = {r.name: r for r in results}
+    if score is not None:
+        for r in results:
+            r.metrics = score(built[r.name])
     for r in results:
         if "dense-fp32" in by:
             r.speedup_vs_dense_fp32 = by["dense-fp32"].median_ms / r.median_ms
@@ -133,11 +140,14 @@ def format_table(report: dict) -> str:
     head = (f"seq {report['seq_len']}, batch {report['batch_size']}, {report['threads']} threads, "
             f"kernels {report['isa']}, linear sparsity {report['linear_sparsity']:.1%}, "
             f"median of {report['repeats']} runs after {report['warmup']} warm-up")
+    metric = next((k for r in report["results"] if r.get("metrics")
+                   for k in r["metrics"] if k not in ("n", "windows")), None)
     rows = [f"{'engine':12s} {'median ms':>10s} {'seq/s':>8s} {'vs fp32':>8s} {'vs int8':>8s} "
-            f"{'max |diff|':>11s}"]
+            f"{'max |diff|':>11s}" + (f" {metric:>10s}" if metric else "")]
     for r in report["results"]:
         v8 = r["speedup_vs_dense_int8"]
+        m = f" {r['metrics'][metric]:10.4f}" if metric and r.get("metrics") else ""
         rows.append(f"{r['name']:12s} {r['median_ms']:10.2f} {r['throughput']:8.1f} "
                     f"{r['speedup_vs_dense_fp32']:7.2f}x {'' if v8 is None else f'{v8:7.2f}x':>8s} "
-                    f"{r['max_abs_diff']:11.2e}")
+                    f"{r['max_abs_diff']:11.2e}{m}")
     return "\n".join([head, *rows])

@@ -216,6 +216,12 @@ def compiled(model, runtime: str, weight_scales: dict | None = None):
         raise ObertError("--runtime int8 needs AVX2 or AVX-512 VNNI, which this CPU lacks "
                          "(only the scalar reference kernels run here): use --runtime fp32")
     scales = weight_scales if runtime == "int8" else None
+    if runtime == "int8":
+        from obert.compression.quant import int8_cost_note
+
+        note = int8_cost_note(model)
+        if note:
+            log(note)
     model = rt.compile(model.cpu(), dtype=runtime, weight_scales=scales)
     engines = [c.engine for c in model.obert_layers]
     return model, {"isa": rt.isa(), "linears": len(engines),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,3 +33,24 @@ def run_and_report(out: Path, name: str, run: Callable[[], dict] | None,
         (out / f"{name}.json").write_text(json.dumps(run(), indent=2) + "\n")
     report(json.loads((out / f"{name}.json").read_text()), out)
     print((out / f"{name}.md").read_text())
+
+
+def teacher(data_dir: str, train_rows: int, epochs: float, threads: int,
+            quiet: bool = True) -> Path:
+    """MiniLM-L6 fine-tuned densely on ``train_rows`` SST-2 rows (LR 8e-5), cached per rows and
+    epochs: the teacher and starting point the SST-2 benchmarks share. The fine-tuning wall
+    time is kept in ``finetune_wall_s.txt``."""
+    cache = HERE / ".cache" / f"gradual-teacher-sst2-{train_rows}-{epochs:g}"
+    if not (cache / "model.safetensors").is_file():
+        from obert.demo import default_model
+
+        log(f"fine-tuning the dense teacher ({train_rows} rows, {epochs:g} epochs)")
+        cache.parent.mkdir(parents=True, exist_ok=True)  # finetune wants the parent to exist
+        t0 = time.time()
+        subprocess.run([*OBERT, "finetune", "--model", default_model(), "--task", "sst2",
+                        "--data-dir", data_dir, "--max-train-samples", str(train_rows),
+                        "--epochs", str(epochs), "--lr", "8e-5", "--output", str(cache),
+                        "--overwrite", *(["--quiet"] if quiet else [])], check=True,
+                       env=thread_env(threads))
+        (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+    return cache

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import HERE, OBERT, log, run_and_report, thread_env
+from _bench import HERE, OBERT, log, run_and_report, teacher, thread_env
 
 KEEP3 = [0, 2, 5]
 # name: (layers kept or None, sparsity or None, mask, QAT)
@@ -75,20 +75,7 @@ def qat_recipe(a, teacher: str) -> dict:
 
 
 def teacher_model(a) -> Path:
-    cache = HERE / ".cache" / f"gradual-teacher-sst2-{a.train_rows}-{a.teacher_epochs:g}"
-    if not (cache / "model.safetensors").is_file():
-        from obert.demo import default_model
-
-        log(f"fine-tuning the teacher ({a.train_rows} rows, {a.teacher_epochs:g} epochs)")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        subprocess.run([*OBERT, "finetune", "--model", default_model(), "--task", "sst2",
-                        "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
-                        "--epochs", str(a.teacher_epochs), "--lr", "8e-5", "--output",
-                        str(cache), "--overwrite", "--quiet"], check=True,
-                       env=thread_env(a.threads))
-        (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
-    return cache
+    return teacher(a.data_dir, a.train_rows, a.teacher_epochs, a.threads)
 
 
 # --- training: jobs with dependencies, two at a time ----------------------------------------

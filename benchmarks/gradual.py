@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import HERE, OBERT, log, run_and_report, thread_env
+from _bench import HERE, OBERT, log, run_and_report, teacher, thread_env
 
 
 def recipe(epochs: float, target: float | None, method: str, num_grads: int, damp: float,
@@ -49,19 +49,7 @@ def recipe(epochs: float, target: float | None, method: str, num_grads: int, dam
 
 def teacher_model(a, work: Path) -> tuple[Path, float]:
     """Dense MiniLM fine-tuned on the train subset (cached): the teacher and starting point."""
-    cache = HERE / ".cache" / f"gradual-teacher-sst2-{a.train_rows}-{a.teacher_epochs:g}"
-    if not (cache / "model.safetensors").is_file():
-        from obert.demo import default_model
-
-        log(f"fine-tuning the dense teacher ({a.train_rows} rows, {a.teacher_epochs:g} epochs)")
-        t0 = time.time()
-        cmd = [*OBERT, "finetune", "--model", default_model(), "--task", "sst2",
-               "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
-               "--epochs", str(a.teacher_epochs), "--lr", "8e-5", "--output", str(cache),
-               "--overwrite", *(["--quiet"] if a.quiet else [])]
-        cache.parent.mkdir(parents=True, exist_ok=True)  # finetune wants the parent to exist
-        subprocess.run(cmd, check=True, env=thread_env(a.threads))
-        (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+    cache = teacher(a.data_dir, a.train_rows, a.teacher_epochs, a.threads, a.quiet)
     return cache, float((cache / "finetune_wall_s.txt").read_text())
 
 

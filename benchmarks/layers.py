@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _bench import HERE, OBERT, log, run_and_report, thread_env
+from _bench import HERE, OBERT, log, run_and_report, teacher, thread_env
 
 CHOICES = {"every other": [0, 2, 4], "bottom": [0, 1, 2], "first + last + even (default)": [0, 2, 5]}
 
@@ -34,27 +34,9 @@ def recipe(epochs: float, keep: list[int]) -> dict:
             "distillation": {"hardness": 1.0, "temperature": 2.0}}
 
 
-def teacher(a) -> Path:
-    """MiniLM-L6 fine-tuned on the train subset; the cache gradual.py uses for the same rows."""
-    cache = HERE / ".cache" / f"gradual-teacher-sst2-{a.train_rows}-{a.teacher_epochs:g}"
-    if not (cache / "model.safetensors").is_file():
-        from obert.demo import default_model
-
-        log(f"fine-tuning the teacher ({a.train_rows} rows, {a.teacher_epochs:g} epochs)")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        subprocess.run([*OBERT, "finetune", "--model", default_model(), "--task", "sst2",
-                        "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
-                        "--epochs", str(a.teacher_epochs), "--lr", "8e-5", "--output",
-                        str(cache), "--overwrite", "--quiet"], check=True,
-                       env=thread_env(a.threads))
-        (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")  # as gradual.py
-    return cache
-
-
 def run(a) -> dict:
     t_all = time.time()
-    tdir = teacher(a)
+    tdir = teacher(a.data_dir, a.train_rows, a.teacher_epochs, a.threads)
     dense = json.loads((tdir / "eval_results.json").read_text())["accuracy"]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

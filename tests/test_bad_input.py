@@ -244,7 +244,7 @@ def test_bad_input_subprocess(case: str, fields: dict) -> None:
     if case == "sparsity-one":
         argv.remove("--quiet")  # progress bars must not matter when failing early
     proc = subprocess.run([sys.executable, "-m", "obert", *argv], capture_output=True,
-                          text=True, timeout=60, cwd=fields["tmp"])
+                          text=True, timeout=300, cwd=fields["tmp"])
     assert proc.returncode == 2
     assert proc.stdout == ""
     _assert_one_error_line(proc.stderr, expected)

@@ -125,8 +125,9 @@ def test_prune_then_qat_holds_masks_and_writes_int8_weights(tmp_path, tiny_model
     final = json.loads((out / "eval_results.json").read_text())
     assert abs(row["accuracy"] - final["accuracy"]) <= 2 / 872  # a tie or two may flip
     # rt.compile on the loaded folder finds the trained scales by itself
-    import obert.runtime as rt
     from transformers import AutoModelForSequenceClassification
+
+    import obert.runtime as rt
 
     c = rt.compile(AutoModelForSequenceClassification.from_pretrained(out), "int8")
     name = next(k for k in scales if "intermediate" in k).removesuffix(".weight_scale")
@@ -172,3 +173,41 @@ def test_qat_alone_on_a_pruned_model_keeps_its_zeros(tmp_path, tiny_model_dir, g
     assert moved == 12
     info = json.loads((out / "sparsity.json").read_text())
     assert info["quantization"]["qat_start_step"] == 0 and info["masks"]["origin"]
+
+
+class _Killed(KeyboardInterrupt):
+    pass
+
+
+def test_kill_during_qat_and_resume_equals_unbroken(tmp_path, tiny_model_dir, glue_dir,
+                                                    monkeypatch):
+    """A run killed inside its QAT phase resumes into QAT (the Linears fake-quantized again
+    before the first resumed step) and ends where the unbroken run ends."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 1\nbatch_size: 16\nmax_seq_length: 32\n"
+                      "lr: {schedule: linear, max: 1e-3, min: 1e-4}\n"
+                      "pruning: {method: magnitude, init_sparsity: 0.5, final_sparsity: 0.5, "
+                      "start_epoch: 0.5, end_epoch: 0.5, update_frequency: 1}\n"
+                      "quantization: {epochs: 1, lr: {max: 1e-3}}\n")
+    whole = tmp_path / "whole"
+    assert _prune(recipe, tiny_model_dir, glue_dir, whole) == 0
+    original = MaskedPruning.on_save
+
+    def kill_at_12(self, args, state, control, **kw):
+        original(self, args, state, control, **kw)
+        if state.global_step == 12:  # 4 steps into QAT (it starts at step 8)
+            raise _Killed
+
+    broken = tmp_path / "broken"
+    monkeypatch.setattr(MaskedPruning, "on_save", kill_at_12)
+    assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--save-steps", "4") == 130
+    monkeypatch.setattr(MaskedPruning, "on_save", original)
+    assert _prune(recipe, tiny_model_dir, glue_dir, broken, "--save-steps", "4",
+                  "--resume") == 0
+    a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert load_file(whole / "quantization.safetensors").keys() == \
+        load_file(broken / "quantization.safetensors").keys()
+    ea = json.loads((whole / "eval_results.json").read_text())
+    assert ea == json.loads((broken / "eval_results.json").read_text())

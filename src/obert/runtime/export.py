@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from obert.compression.quant import QMAX, int8_linears, quantize_rows
+from obert.compression.quant import fake_quant_tokens, int8_linears, quantize_rows
 from obert.errors import ObertError
 
 OPSET = 17
@@ -63,11 +63,7 @@ class Int8ExportLinear(nn.Module):
         self.wq, self.sw = wq, sw  # plain attributes: the rewrite reads them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        amax = x.abs().amax(-1, keepdim=True)
-        # 127/max|x| as one division (the kernels' inverse), not a reciprocal times 127
-        inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-        xq = torch.round(x * inv).clamp(-QMAX, QMAX) * (amax / QMAX)
-        return nn.functional.linear(xq, self.weight, self.bias)
+        return nn.functional.linear(fake_quant_tokens(x), self.weight, self.bias)
 
 
 class _LogitsOnly(nn.Module):

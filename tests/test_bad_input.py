@@ -155,6 +155,25 @@ CASES: dict[str, tuple[str, str]] = {
     "recipe-bad-key": ("prune --recipe {tmp}/bad-key.yaml --model {ft} --task sst2 --data-dir "
                        "{glue} --output {out}", "recipe key pruning.final_sparsity = 1.5"),
     "resume-nothing": (f"{PRUNE} --resume --output {{out}}", "no complete checkpoint"),
+    "recipe-qat-zero-epochs": ("prune --recipe {tmp}/qat0.yaml --model {ft} --task sst2 "
+                               "--data-dir {glue} --output {out}",
+                               "recipe key quantization.epochs = 0.0 must be positive"),
+    "recipe-qat-cyclic": ("prune --recipe {tmp}/qat-cyclic.yaml --model {ft} --task sst2 "
+                          "--data-dir {glue} --output {out}",
+                          "recipe key quantization.lr.schedule = 'cyclic_linear'"),
+    # -- export and bench --task --------------------------------------------------------------
+    "export-into-folder": ("export --model {ft} --output {tmp}", "is a folder"),
+    "export-no-parent": ("export --model {ft} --output {tmp}/no/m.onnx", "does not exist"),
+    "export-seq-too-long": ("export --model {ft} --output {out} --max-seq-length 4096",
+                            "--max-seq-length 4096 exceeds"),
+    "export-negative-tolerance": ("export --model {ft} --output {out} --tolerance -1",
+                                  "--tolerance: -1 must be ≥ 0"),
+    "export-zero-rows": ("export --model {ft} --output {out} --check-rows 0",
+                         "--check-rows: 0 must be ≥ 1"),
+    "export-unknown-task": ("export --model {ft} --output {out} --task sst5", "sst5"),
+    "bench-unknown-task": ("bench --model {ft} --task sst5 --repeats 1", "sst5"),
+    "bench-task-no-dev": ("bench --model {ft} --task sst2 --validation-file {tmp}/none.tsv "
+                          "--repeats 1", "none.tsv"),
 }
 
 OK_RECIPE = """epochs: 1
@@ -191,6 +210,9 @@ def _files(tmp: Path, model: Path) -> None:
     (tmp / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp / "bad-key.yaml").write_text("pruning: {final_sparsity: 1.5}\n")
     (tmp / "keep9.yaml").write_text(OK_RECIPE + "layers: {keep: [0, 9]}\n")
+    (tmp / "qat0.yaml").write_text(OK_RECIPE + "quantization: {epochs: 0}\n")
+    (tmp / "qat-cyclic.yaml").write_text(OK_RECIPE + "quantization: {lr: {schedule: "
+                                         "cyclic_linear}}\n")
     broken = tmp / "broken-config"
     broken.mkdir(exist_ok=True)
     for f in model.iterdir():

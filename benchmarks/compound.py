@@ -152,13 +152,12 @@ def accuracy(a, model: Path, runtime: str) -> float:
 
 def engine(path: Path, runtime: str):
     import obert.runtime as rt
-    from obert.io import load_weight_scales
     from obert.models import load_for_inference
 
     model = load_for_inference(str(path))
     if runtime == "pytorch":
         return model
-    return rt.compile(model, runtime, weight_scales=load_weight_scales(path))
+    return rt.compile(model, runtime)  # a QAT folder's trained scales: compile finds them
 
 
 def latencies(models: dict[str, tuple[Path, str]], batch: int, rounds: int, calls: int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from obert.errors import ObertError
 
@@ -348,13 +347,9 @@ def _bench(args: argparse.Namespace) -> int:
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and args.seq_len > max_pos:
         raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
-    from obert.io import load_weight_scales
-
-    scales = load_weight_scales(args.model) if Path(args.model).is_dir() else None
     score = _bench_scorer(args) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
-                       args.repeats, engines, quiet=args.quiet, weight_scales=scales,
-                       score=score)
+                       args.repeats, engines, quiet=args.quiet, score=score)
     if args.task:
         report["task"] = args.task
     report["model"] = args.model

@@ -137,3 +137,10 @@ def load_weight_scales(folder: str | os.PathLike) -> dict | None:
         raise ObertError(f"{path} does not load ({type(e).__name__}): the QAT output is "
                          "damaged; rerun the quantization step") from None
     return {k.removesuffix(".weight_scale"): v for k, v in data.items()}
+
+
+def weight_scales_of(model: nn.Module) -> dict | None:
+    """The trained INT8 scales of the local folder ``model`` was loaded from
+    (``config._name_or_path``), or None: how compile and export find a QAT model's scales."""
+    where = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return load_weight_scales(where) if where and os.path.isdir(where) else None

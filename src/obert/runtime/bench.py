@@ -69,22 +69,20 @@ def time_call(fn: Callable[[], object], warmup: int, repeats: int, progress=None
     return times
 
 
-def build_engines(model: nn.Module, names=ENGINES,
-                  weight_scales: dict | None = None) -> dict[str, nn.Module]:
-    """The engines to time; ``weight_scales``: a QAT model's trained INT8 scales."""
+def build_engines(model: nn.Module, names=ENGINES) -> dict[str, nn.Module]:
+    """The engines to time (sparse INT8 from a QAT folder's trained scales: ``compile``)."""
     model = model.eval()
     builders = {
         "dense-fp32": lambda: model,
         "dense-int8": lambda: quantize_dynamic_int8(copy.deepcopy(model)),
         "sparse-fp32": lambda: compile(model, "fp32"),
-        "sparse-int8": lambda: compile(model, "int8", weight_scales=weight_scales),
+        "sparse-int8": lambda: compile(model, "int8"),
     }
     return {n: builders[n]() for n in names}
 
 
 def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
               warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False,
-              weight_scales: dict | None = None,
               score: Callable[[nn.Module], dict] | None = None) -> dict:
     """Time each engine on the same inputs; speed-ups are ratios measured in this one run.
     ``score(engine)``: the task metrics of each engine (``obert bench --task``), so accuracy
@@ -93,7 +91,7 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
 
     if threads is not None:
         torch.set_num_threads(threads)
-    built = build_engines(model, engines, weight_scales)
+    built = build_engines(model, engines)
     inputs = example_inputs(model, batch_size, seq_len)
     results: list[EngineResult] = []
     with torch.inference_mode():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from obert.compression.quant import int8_linears
+from obert.io import weight_scales_of
 
 from .modules import DenseInt8Linear, FusedPart, FusedProjections, SparseLinear
 
@@ -83,8 +84,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     simulates) in obert's INT8 scheme: sparse ones on the int8 4-block kernels, dense ones on
     ``DenseInt8Linear``; pooler and head stay fp32. ``weight_scales`` (name -> per-row s_w, as
     QAT writes them) replace the scales computed from the weights; left None, a model loaded
-    from a local QAT output folder (``config._name_or_path``) uses that folder's
-    ``quantization.safetensors``. A Linear goes sparse when
+    from a local QAT output folder uses that folder's ``quantization.safetensors``
+    (``obert.io.weight_scales_of``), and ``model.obert_trained_scales`` says whether trained
+    scales were used. A Linear goes sparse when
     the fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY).
     The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
     exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
@@ -98,8 +100,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     model.requires_grad_(False)
     int8 = set(int8_linears(model)) if dtype == "int8" else set()
     if dtype == "int8" and weight_scales is None:
-        weight_scales = _folder_scales(model)
+        weight_scales = weight_scales_of(model)
     scales = weight_scales or {}
+    model.obert_trained_scales = bool(scales)
 
     def layer_dtype(name: str) -> str:
         return "int8" if name in int8 else "fp32"
@@ -171,16 +174,6 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
             c.qkv_fused = True
         choices += cs
     return choices
-
-
-def _folder_scales(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The trained INT8 scales of the local folder the model was loaded from, if any."""
-    import os
-
-    from obert.io import load_weight_scales
-
-    where = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    return load_weight_scales(where) if where and os.path.isdir(where) else None
 
 
 def _row_scale(weight: torch.Tensor) -> torch.Tensor:

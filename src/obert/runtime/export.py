@@ -31,6 +31,7 @@ from torch import nn
 
 from obert.compression.quant import fake_quant_tokens, int8_linears, quantize_rows
 from obert.errors import ObertError
+from obert.io import weight_scales_of
 
 OPSET = 17
 # Largest |ONNX − PyTorch| logit difference accepted, relative to max(1, max |logit|).
@@ -100,9 +101,11 @@ class ExportReport:
 
 def for_export(model: nn.Module, int8: bool,
                weight_scales: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """A copy of ``model`` as it will be exported (INT8 Linears swapped in), eval mode."""
+    """A copy of ``model`` as it will be exported (INT8 Linears swapped in, from the trained
+    scales of a QAT folder unless ``weight_scales`` are given), eval mode."""
     model = copy.deepcopy(model).float().eval()
     if int8:
+        weight_scales = weight_scales if weight_scales is not None else weight_scales_of(model)
         for name, lin in int8_linears(model).items():
             parent, _, attr = name.rpartition(".")
             scale = (weight_scales or {}).get(name)

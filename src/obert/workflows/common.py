@@ -19,7 +19,7 @@ from obert.data.glue import load_split, subsample
 from obert.data.tasks import TaskSpec, get_task
 from obert.data.tokenize import encode
 from obert.errors import ObertError
-from obert.io import atomic_output, check_output, load_weight_scales, save_model, sparsity_report
+from obert.io import atomic_output, check_output, save_model, sparsity_report
 from obert.models import check_head, check_seq_len, load_classifier, load_config, load_tokenizer
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate_split
@@ -196,8 +196,7 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
     check_head(model_name, head, task)
     layers = None
     if runtime != "pytorch":
-        model, layers = compiled(model, runtime, load_weight_scales(model_name)
-                                 if Path(model_name).is_dir() else None)
+        model, layers = compiled(model, runtime)
     metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
                              data.doc_stride)
     sp = Path(model_name) / "sparsity.json"
@@ -206,28 +205,27 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
             "runtime": runtime, **({"kernels": layers} if layers else {})}
 
 
-def compiled(model, runtime: str, weight_scales: dict | None = None):
+def compiled(model, runtime: str):
     """``model`` on obert's CPU kernels in ``runtime`` ("fp32" or "int8"), and how many of its
     Linears run on them. INT8 wants AVX2 or AVX-512 VNNI: the scalar fallback is refused.
-    ``weight_scales``: a QAT model's trained INT8 scales (``io.load_weight_scales``)."""
+    A QAT model's trained scales are used (``compile`` finds them beside the weights)."""
     import obert.runtime as rt
 
     if runtime == "int8" and rt.available_isas()[0] == "scalar":
         raise ObertError("--runtime int8 needs AVX2 or AVX-512 VNNI, which this CPU lacks "
                          "(only the scalar reference kernels run here): use --runtime fp32")
-    scales = weight_scales if runtime == "int8" else None
     if runtime == "int8":
         from obert.compression.quant import int8_cost_note
 
         note = int8_cost_note(model)
         if note:
             log(note)
-    model = rt.compile(model.cpu(), dtype=runtime, weight_scales=scales)
+    model = rt.compile(model.cpu(), dtype=runtime)
     engines = [c.engine for c in model.obert_layers]
     return model, {"isa": rt.isa(), "linears": len(engines),
                    "sparse": sum(e.startswith("sparse") for e in engines),
                    "int8": sum(e.endswith("int8") for e in engines),
-                   "trained_scales": bool(scales)}
+                   "trained_scales": model.obert_trained_scales}
 
 
 def targets_or_none(model) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from obert.errors import ObertError
-from obert.io import load_weight_scales
+from obert.io import weight_scales_of
 from obert.models import check_seq_len, load_config, load_for_inference, load_tokenizer
 from obert.workflows.common import DataArgs, check_inputs, log
 
@@ -72,7 +72,7 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
         check_seq_len(load_config(model_name), max_seq_length)
     model = load_for_inference(model_name)
     tokenizer = load_tokenizer(model_name)
-    scales = load_weight_scales(model_name) if int8 and Path(model_name).is_dir() else None
+    scales = weight_scales_of(model) if int8 else None
     inputs = check_rows(tokenizer, data, rows, max_seq_length)
     report = export_onnx(model, path, inputs, int8, scales, tolerance)
     log(f"wrote {path} ({report.size_mb:.1f} MB, {report.dtype}"

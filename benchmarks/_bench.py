@@ -54,3 +54,41 @@ def teacher(data_dir: str, train_rows: int, epochs: float, threads: int,
                        env=thread_env(threads))
         (cache / "finetune_wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     return cache
+
+
+def run_jobs(jobs: list[dict], work: Path, parallel: int, threads: int, reuse: bool) -> dict:
+    """Run ``jobs`` (name, recipe, cmd, after) ``parallel`` at a time, dependencies first;
+    returns wall seconds by name. A job whose output already holds sparsity.json is reused
+    with ``reuse``."""
+    import yaml
+
+    pending, active, done, walls = list(jobs), [], set(), {}
+    while pending or active:
+        ready = [j for j in pending if j["after"] is None or j["after"] in done]
+        while ready and len(active) < parallel:
+            j = ready.pop(0)
+            pending.remove(j)
+            if reuse and (work / j["name"] / "sparsity.json").is_file():
+                log(f"reuse {j['name']}")
+                done.add(j["name"])
+                continue
+            (work / f"{j['name']}.yaml").write_text(yaml.safe_dump(j["recipe"], sort_keys=False))
+            log(f"start {j['name']}")
+            fh = (work / f"{j['name']}.log").open("w")
+            p = subprocess.Popen(j["cmd"], env=thread_env(threads), stdout=fh,
+                                 stderr=subprocess.STDOUT)
+            p.t0, p.job = time.time(), j  # type: ignore[attr-defined]
+            active.append(p)
+        if not active:
+            continue
+        while all(p.poll() is None for p in active):
+            time.sleep(5)
+        p = next(q for q in active if q.poll() is not None)
+        active.remove(p)
+        if p.returncode != 0:
+            raise SystemExit(f"{p.job['name']} failed (rc {p.returncode}); see "
+                             f"{work / (p.job['name'] + '.log')}")
+        walls[p.job["name"]] = time.time() - p.t0
+        done.add(p.job["name"])
+        log(f"done {p.job['name']} in {walls[p.job['name']] / 60:.1f} min")
+    return walls

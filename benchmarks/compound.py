@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import HERE, OBERT, log, run_and_report, teacher, thread_env
+from _bench import HERE, OBERT, log, run_and_report, run_jobs, teacher, thread_env
 
 KEEP3 = [0, 2, 5]
 # name: (layers kept or None, sparsity or None, mask, QAT)
@@ -95,49 +95,15 @@ def jobs(a, teacher: Path, work: Path) -> list[dict]:
     return out
 
 
-def launch(a, job: dict, work: Path, threads: int) -> subprocess.Popen:
-    import yaml
-
-    path = work / f"{job['name']}.yaml"
-    path.write_text(yaml.safe_dump(job["recipe"], sort_keys=False))
-    out = work / job["name"]
-    cmd = [*OBERT, "prune", "--recipe", str(path), "--model", str(job["start"]), "--task",
-           "sst2", "--data-dir", a.data_dir, "--max-train-samples", str(a.train_rows),
-           "--output", str(out), "--overwrite", "--quiet", "--logging-steps", "63"]
-    log(f"start {job['name']}")
-    fh = (work / f"{job['name']}.log").open("w")
-    p = subprocess.Popen(cmd, env=thread_env(threads), stdout=fh, stderr=subprocess.STDOUT)
-    p.t0, p.job = time.time(), job  # type: ignore[attr-defined]
-    return p
-
-
 def train_all(a, teacher: Path, work: Path) -> dict[str, float]:
     """Run every job (dependencies first); returns wall seconds by job name."""
-    pending, active, done, walls = jobs(a, teacher, work), [], set(), {}
-    threads = 1 if a.parallel > 1 else a.threads
-    while pending or active:
-        ready = [j for j in pending if j["after"] is None or j["after"] in done]
-        while ready and len(active) < a.parallel:
-            j = ready.pop(0)
-            pending.remove(j)
-            if (work / j["name"] / "sparsity.json").is_file() and a.reuse:
-                log(f"reuse {j['name']}")
-                done.add(j["name"])
-                continue
-            active.append(launch(a, j, work, threads))
-        if not active:
-            continue
-        while all(p.poll() is None for p in active):
-            time.sleep(5)
-        p = next(q for q in active if q.poll() is not None)
-        active.remove(p)
-        if p.returncode != 0:
-            raise SystemExit(f"{p.job['name']} failed (rc {p.returncode}); see "
-                             f"{work / (p.job['name'] + '.log')}")
-        walls[p.job["name"]] = time.time() - p.t0
-        done.add(p.job["name"])
-        log(f"done {p.job['name']} in {walls[p.job['name']] / 60:.1f} min")
-    return walls
+    todo = jobs(a, teacher, work)
+    for job in todo:
+        job["cmd"] = [*OBERT, "prune", "--recipe", str(work / f"{job['name']}.yaml"), "--model",
+                      str(job["start"]), "--task", "sst2", "--data-dir", a.data_dir,
+                      "--max-train-samples", str(a.train_rows), "--output",
+                      str(work / job["name"]), "--overwrite", "--quiet", "--logging-steps", "63"]
+    return run_jobs(todo, work, a.parallel, 1 if a.parallel > 1 else a.threads, a.reuse)
 
 
 # --- accuracy as it runs, and latency ---------------------------------------------------------

@@ -21,6 +21,7 @@ SQUAD = ("--task squad --validation-file {tmp}/squad-dev.json --train-file {tmp}
          "--max-seq-length 128 --doc-stride 32")
 ONESHOT = "oneshot --model {ft} --task sst2 --data-dir {glue} --sparsity 0.5"
 PRUNE = "prune --recipe {tmp}/ok.yaml --model {ft} --task sst2 --data-dir {glue}"
+MLM = "finetune --model {model} --task mlm"
 
 CASES: dict[str, tuple[str, str]] = {
     # -- arguments and numbers ---------------------------------------------------------------
@@ -174,6 +175,38 @@ CASES: dict[str, tuple[str, str]] = {
     "bench-unknown-task": ("bench --model {ft} --task sst5 --repeats 1", "sst5"),
     "bench-task-no-dev": ("bench --model {ft} --task sst2 --validation-file {tmp}/none.tsv "
                           "--repeats 1", "none.tsv"),
+    # -- masked-language modelling and sparse transfer ------------------------------------------
+    "mlm-empty-text": (f"{MLM} --train-file {{tmp}}/empty.txt --output {{out}}", "has no text"),
+    "mlm-blank-text": (f"{MLM} --train-file {{tmp}}/blank.txt --output {{out}}", "has no text"),
+    "mlm-not-utf8": (f"{MLM} --train-file {{tmp}}/latin1.txt --output {{out}}", "is not UTF-8"),
+    "mlm-jsonl-without-text": (f"{MLM} --train-file {{tmp}}/no-text.jsonl --output {{out}}",
+                               'line 1: no "text" string field'),
+    "mlm-jsonl-not-json": (f"{MLM} --train-file {{tmp}}/not-json.jsonl --output {{out}}",
+                           "line 2: not JSON"),
+    "mlm-csv-corpus": (f"{MLM} --train-file {{tmp}}/ok.csv --output {{out}}",
+                       "unsupported text file type"),
+    "mlm-no-text-given": ("finetune --model {model} --task mlm --output {out}",
+                          "the mlm task needs text: pass --train-file"),
+    "mlm-seq-len-over-positions": (f"{MLM} --train-file {{tmp}}/ok.txt --max-seq-length 512 "
+                                   "--output {out}", "exceeds the 128 positions"),
+    "mlm-text-shorter-than-a-block": (f"{MLM} --train-file {{tmp}}/ok.txt --head-only "
+                                      "--max-seq-length 128 --output {out}", "not one block"),
+    "mlm-model-without-mlm-class": ("finetune --model {tmp}/gpt2 --task mlm --train-file "
+                                    "{tmp}/ok.txt --output {out}",
+                                    "no masked-language-model head in transformers"),
+    "mlm-headless-finetune": (f"{MLM} --train-file {{tmp}}/ok.txt --output {{out}}",
+                              "has no trained masked-LM head"),
+    "mlm-headless-prune": ("prune --recipe {tmp}/ok.yaml --model {model} --task mlm "
+                           "--train-file {tmp}/ok.txt --output {out}",
+                           "--task mlm --head-only"),
+    "mlm-headless-oneshot": ("oneshot --model {model} --task mlm --train-file {tmp}/ok.txt "
+                             "--sparsity 0.5 --output {out}", "has no trained masked-LM head"),
+    "dataset-for-glue": ("finetune --model {model} --task sst2 --dataset wikitext --output {out}",
+                         "--dataset and --streaming are for --task mlm"),
+    "streaming-without-count": ("finetune --model {model} --task mlm --dataset wikitext "
+                                "--streaming --output {out}", "pass --max-train-samples"),
+    "head-only-and-keep-sparsity": (f"{MLM} --train-file {{tmp}}/ok.txt --head-only "
+                                    "--keep-sparsity --output {out}", "do not go together"),
 }
 
 OK_RECIPE = """epochs: 1
@@ -205,6 +238,14 @@ def _files(tmp: Path, model: Path) -> None:
         '[{"id": "1", "question": "How was the film?", "answers": [{"text": "fine", '
         '"answer_start": 13}]}]}]}]}')
     (tmp / "a-file").write_text("not a folder")
+    (tmp / "empty.txt").write_text("")
+    (tmp / "blank.txt").write_text("\n  \n\n")
+    (tmp / "ok.txt").write_text("The film was fine.\nThe book was better.\n")
+    (tmp / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp / "no-text.jsonl").write_text('{"sentence": "fine film"}\n')
+    (tmp / "not-json.jsonl").write_text('{"text": "fine film"}\n{"text": \n')
+    (tmp / "gpt2").mkdir(exist_ok=True)
+    (tmp / "gpt2" / "config.json").write_text('{"model_type": "gpt2", "n_positions": 128}')
     (tmp / "ok.yaml").write_text(OK_RECIPE)
     (tmp / "empty.yaml").write_text("# nothing but a comment\n")
     (tmp / "binary.yaml").write_bytes(bytes(range(256)))

@@ -69,13 +69,29 @@ def test_bundled_recipes_match_the_paper():
         for task in ("glue", "squad"):
             assert {f"obert-{task}-{t}", f"gmp-{task}-{t}"} <= names
     assert {"obert-glue-block4-80", "obert-glue-block4-90", "obert-glue-init30-80"} <= names
-    for name in names:
+    transfer = {"sparse-transfer-glue", "sparse-transfer-squad"}
+    assert transfer <= names
+    for name in names - transfer:
         r = load_recipe(name)
         twin = load_recipe(name.replace("obert-", "gmp-") if name.startswith("obert-")
                            else name.replace("gmp-", "obert-"))
         assert r.pruning.method != twin.pruning.method
         r.pruning.method = twin.pruning.method
         assert r == twin  # a GMP* twin differs only in the scorer
+    # upstream (MLM): 12 steps 0.25 epoch apart from 70%, LR cycles 5e-4 -> 5e-6, KD T = 5.5
+    for t in (90, 97):
+        r = load_recipe(f"obert-mlm-{t}")
+        steps = r.pruning.targets()
+        assert len(steps) == 12 and [e for e, _ in steps] == [0.25 * i for i in range(12)]
+        assert steps[0][1] == 0.7 and steps[-1][1] == t / 100 and r.epochs == 3
+        assert (r.lr.schedule, r.lr.max, r.lr.min) == ("cyclic_linear", 5e-4, 5e-6)
+        assert (r.distillation.hardness, r.distillation.temperature) == (1.0, 5.5)
+        assert (r.batch_size, r.max_seq_length, r.pruning.fisher.grad_batch_size) == (256, 512, 16)
+    # sparse transfer: 8 epochs, masks fixed (no pruning), LR 1.5e-4 -> 1.5e-6, KD T = 5.5
+    for name in transfer:
+        r = load_recipe(name)
+        assert r.pruning is None and r.epochs == 8 and r.lr.schedule == "linear"
+        assert (r.lr.max, r.lr.min, r.distillation.temperature) == (1.5e-4, 1.5e-6, 5.5)
     r = load_recipe("obert-glue-90")
     assert [e for e, _ in r.pruning.targets()] == [2, 6, 10, 14, 18, 22, 26]
     assert r.pruning.targets()[-1][1] == 0.9 and r.pruning.init_sparsity == 0.7

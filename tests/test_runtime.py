@@ -254,6 +254,30 @@ def test_bench_cli_json_contract(tiny_model_dir: Path, capsys: pytest.CaptureFix
     assert "exceeds" in capsys.readouterr().err
 
 
+def test_profile_splits_the_forward_into_parts(tiny_model_dir: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Each engine's time splits into linears, attention, LayerNorm, embeddings and the rest:
+    every part is timed (non-zero), exclusive (they add up to the total) and the linears of
+    the compiled model are obert's modules."""
+    from obert.runtime.profile import PARTS, Profiler, profile
+
+    c = rt.compile(_tiny_pruned(tiny_model_dir, 0.9, 4), "int8")
+    inputs = {"input_ids": torch.randint(1000, 3000, (2, 16))}
+    p = profile(c, inputs, calls=3, warmup=1)
+    assert all(p[f"{k}_ms"] > 0 for k in PARTS)
+    assert sum(p[f"{k}_ms"] for k in (*PARTS, "rest")) == pytest.approx(p["total_ms"])
+    prof = Profiler(c)
+    kinds = {type(m).__name__ for m in c.modules() if m._forward_pre_hooks}
+    prof.remove()
+    assert {"SparseLinear", "BertSelfAttention", "LayerNorm", "BertEmbeddings"} <= kinds
+    assert not any(m._forward_pre_hooks for m in c.modules())  # the hooks are gone after
+    assert main(["bench", "--model", str(tiny_model_dir), "--seq-len", "16", "--repeats", "2",
+                 "--threads", "1", "--profile", "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["profile"]) == {"dense-fp32", "dense-int8", "sparse-fp32", "sparse-int8"}
+    assert report["profile"]["dense-int8"]["linears_ms"] > 0  # torch's dynamic Linear counts
+
+
 @pytest.mark.slow
 def test_compiled_minilm_matches_pytorch_on_sst2(minilm_sst2: Path, glue_dir: Path,
                                                   tmp_path: Path) -> None:
@@ -393,3 +417,134 @@ def test_compile_int8_from_trained_scales(tiny_model_dir: Path) -> None:
     with torch.inference_mode():
         out = c(input_ids=x).logits
     assert (out - fake).abs().max().item() < 1e-3 * max(1.0, fake.abs().max().item())
+
+
+# -- safe to share: threads, malformed packed inputs, the INT8 K guard --------------------------
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_four_threads_on_one_compiled_model_match_serial_calls(tiny_model_dir: Path,
+                                                               dtype: str) -> None:
+    """Four threads call one compiled model (fused query/key/value included) at once, each on
+    its own inputs, many times: every output equals that input's serial output exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = rt.compile(_tiny_pruned(tiny_model_dir, 0.9, 4), dtype)
+    assert c.bert.encoder.layer[0].attention.self.qkv_fused is not None
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(1000, 3000, (1 + i, 9 + 5 * i), generator=g) for i in range(4)]
+    with torch.inference_mode():
+        serial = [c(input_ids=x).logits for x in inputs]
+
+    def work(i: int) -> bool:
+        with torch.inference_mode():
+            return all(torch.equal(c(input_ids=inputs[i]).logits, serial[i]) for _ in range(25))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
+
+
+def _packed_args(k: int = 40, n: int = 20):
+    w = pruned(n, k, 0.5, 4)
+    p8, p32 = pack_i8(w), pack_f32(w, 4)
+    x = torch.randn(3, k)
+    return x, p8, p32, n
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case,expected", [
+    ("short-row-ptr", "row_ptr must be int32 with ceil(N / 16) * 16 + 1"),
+    ("decreasing-row-ptr", "row_ptr decreases"),
+    ("row-ptr-not-from-0", "row_ptr must start at 0"),
+    ("col-out-of-range", "outside the 40 inputs"),
+    ("col-negative", "at column -4"),
+    ("col-unaligned", "not a multiple of 4"),
+    ("col-without-prefetch-pad", "col must be int32 with nnz + 16"),
+    ("short-values", "values, not"),
+    ("short-int8-weights", "wq int32 [nnz"),
+])
+def test_malformed_packed_inputs_are_refused(isa: str, case: str, expected: str) -> None:
+    """Every index the kernels follow is checked at the entry: a clear error, never a crash or
+    an out-of-range read (the process survives every case, on every instruction set)."""
+    rt.set_isa(isa)
+    k = rt.kernels()
+    x, p8, p32, n = _packed_args()
+    rp, col = p32.row_ptr.clone(), p32.col.clone()
+    val, wq = p32.val.clone(), p8.wq.clone()
+    nnz = int(rp[-1])
+    if case == "short-row-ptr":
+        rp = rp[:-16]
+    elif case == "decreasing-row-ptr":
+        rp[3] = rp[4] + 1
+    elif case == "row-ptr-not-from-0":
+        rp[0] = 1
+    elif case == "col-out-of-range":
+        col[nnz - 1] = 10_000
+    elif case == "col-negative":
+        col[0] = -4
+    elif case == "col-unaligned":
+        col[0] = 2
+    elif case == "col-without-prefetch-pad":
+        col = col[: nnz + 3]
+    elif case == "short-values":
+        val = val[:-1]
+    elif case == "short-int8-weights":
+        wq = wq[:-1]
+    with pytest.raises(RuntimeError, match=expected.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("*", r"\*").replace("+", r"\+")):
+        if case == "short-int8-weights":
+            k.spmm_i8(x, p8.row_ptr, p8.col, wq, p8.sw, p8.wsum, n)
+        else:
+            k.spmm_f32(x, rp, col, val, 4, n)
+            k.spmm_i8(x, rp, col, p8.wq, p8.sw, p8.wsum, n)  # the same checks for INT8
+    # the good arrays still work after all that
+    assert k.spmm_f32(x, p32.row_ptr, p32.col, p32.val, 4, n).shape == (3, n)
+
+
+def test_int8_kernel_refuses_k_beyond_int32_sums() -> None:
+    """K ≤ (2³¹ − 1) / (255 · 127) = 66,311: beyond, an int32 sum of products could overflow."""
+    k = 66_312
+    w = torch.zeros(1, k)
+    w[0, :4] = 1.0
+    p = pack_i8(w)
+    with pytest.raises(RuntimeError, match="at most 66311 inputs"):
+        rt.kernels().spmm_i8(torch.randn(1, k), p.row_ptr, p.col, p.wq, p.sw, p.wsum, 1)
+
+
+def test_kernels_release_the_gil() -> None:
+    """A Python thread keeps running while another is inside a kernel call: its rate of ticks
+    inside the call is a good part of its rate while the caller sleeps (which releases the GIL).
+    Holding the GIL through the call would stop it for the whole call but its first ~5 ms."""
+    import threading
+    import time
+
+    w = pruned(1024, 1024, 0.5, 4)
+    p = pack_f32(w, 4)
+    x = torch.randn(4096, 1024)  # one call of ~4 GFLOP: tens of milliseconds or more
+    k = rt.kernels()
+    stamps, stop = [], threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            for _ in range(100):
+                pass
+
+    def rate(call) -> float:
+        """Ticks per second inside ``call``, past its first 20 ms."""
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+        assert t1 - t0 > 0.03, "the call is too short to tell"
+        return sum(t0 + 0.02 < s < t1 for s in stamps) / (t1 - t0 - 0.02)
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        free = max(rate(lambda: time.sleep(0.1)) for _ in range(2))
+        busy = max(rate(lambda: k.spmm_f32(x, p.row_ptr, p.col, p.val, 4, 1024))
+                   for _ in range(3))
+    finally:
+        stop.set()
+        t.join()
+    assert busy > 0.4 * free, (busy, free)  # measured: 0.87 released, 0.11 for a GIL-holding sort

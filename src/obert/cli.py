@@ -69,13 +69,20 @@ def _regex(text: str) -> str:
 def _data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     p.add_argument("--model", required=True, help="hub id or local model folder")
     p.add_argument("--task", required=True,
-                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp or squad")
+                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp, squad, or mlm "
+                   "(masked-language modelling on text)")
     p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout) or SQuAD "
                    "folder (default: $OBERT_GLUE_DIR / $OBERT_SQUAD_DIR, else the hub)")
     if train:
         p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/"
-                       ".parquet; SQuAD-format .json for squad)")
+                       ".parquet; SQuAD-format .json for squad; for mlm .txt, one document "
+                       "per line, or .jsonl with a \"text\" field)")
     p.add_argument("--validation-file", help="explicit dev file (same formats)")
+    p.add_argument("--dataset", help="mlm: a hub corpus instead of text files (e.g. wikipedia); "
+                   "without a validation split its last 5%% of train is the dev split")
+    p.add_argument("--dataset-config", help="mlm: the hub corpus's config (e.g. 20231101.en)")
+    p.add_argument("--streaming", action="store_true", help="mlm: stream the hub corpus and "
+                   "keep only its first --max-train-samples documents (no full download)")
     p.add_argument("--max-seq-length", type=SEQ_LEN,
                    help="tokens per row (default: 128 for GLUE, 384 for squad; prune: the "
                    "recipe's)")
@@ -104,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"obert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("finetune", help="dense fine-tuning on a GLUE task or SQuAD")
+    p = sub.add_parser("finetune", help="fine-tuning on a GLUE task, SQuAD or MLM text: dense, "
+                       "sparse transfer (--keep-sparsity) or the head alone (--head-only)")
     _data_args(p)
     _output_args(p)
     p.add_argument("--epochs", type=POSITIVE, default=3.0, help="training epochs")
@@ -112,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, default=32, help="training batch size")
     p.add_argument("--keep-sparsity", action="store_true",
                    help="sparse transfer: the model's zero weights stay exactly 0 (fixed masks)")
+    p.add_argument("--head-only", action="store_true",
+                   help="train the task head alone on the frozen encoder (e.g. fit the MLM head "
+                   "a checkpoint lacks: --task mlm --head-only)")
 
     p = sub.add_parser("oneshot", help="one-shot pruning (oBERT or magnitude)")
     _data_args(p)
@@ -222,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the task's)")
     p.add_argument("--engines", default="dense-fp32,dense-int8,sparse-fp32,sparse-int8",
                    help="comma-separated subset")
+    p.add_argument("--profile", action="store_true", help="also break each engine's time into "
+                   "linears, attention, LayerNorm, embeddings and the rest")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -243,7 +256,7 @@ def _data(args):
     return DataArgs(args.task, args.data_dir, getattr(args, "train_file", None),
                     args.validation_file,
                     getattr(args, "max_train_samples", None), args.seed, args.doc_stride,
-                    args.split_articles)
+                    args.split_articles, args.dataset, args.dataset_config, args.streaming)
 
 
 def _seq_len(args) -> int:
@@ -270,14 +283,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              max_seq_length=_seq_len(args), seed=args.seed)
         wf.run_finetune(args.model, _data(args), cfg, args.output, args.overwrite, args.quiet,
-                        args.keep_sparsity)
+                        args.keep_sparsity, args.head_only)
     elif args.command == "oneshot":
         from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 
         gbs = args.grad_batch_size
         fisher = FisherConfig(
             num_grads=args.num_grads, block_size=args.fisher_block_size, damp=args.damp,
-            grad_batch_size=(8 if get_task(args.task).is_qa else 16) if gbs is None else gbs,
+            grad_batch_size=get_task(args.task).grad_batch_size if gbs is None else gbs,
             max_memory_gb=args.max_fisher_memory)
         cfg = StepConfig(method=args.method, mask=args.mask, scope=args.scope,
                          recomputations=args.recomputations, fisher=fisher)
@@ -349,7 +362,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
     score = _bench_scorer(args) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
-                       args.repeats, engines, quiet=args.quiet, score=score)
+                       args.repeats, engines, quiet=args.quiet, score=score,
+                       profile=args.profile)
     if args.task:
         report["task"] = args.task
     report["model"] = args.model

@@ -106,20 +106,28 @@ def check_seq_len(config, n: int, flag: str = "--max-seq-length") -> None:
 
 
 def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
-    """An ``AutoModelForSequenceClassification`` with the task's label count and names (an
-    ``AutoModelForQuestionAnswering`` for a QA task).
+    """The task's model: an ``AutoModelForSequenceClassification`` with the task's label count
+    and names, an ``AutoModelForQuestionAnswering`` for a QA task, an ``AutoModelForMaskedLM``
+    for MLM.
 
     Only safetensors weights are accepted: a pickled checkpoint is never unpickled. With
-    ``with_info`` it returns ``(model, finetuned)``: whether every weight, the task head
-    included, came from the checkpoint (the model is already fine-tuned for this task).
+    ``with_info`` it returns ``(model, HeadInfo)``: whether every weight, the task head
+    included, came from the checkpoint, and which task its config says it was trained for.
     """
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+    )
 
     config = load_config(name_or_path)
-    auto = AutoModelForQuestionAnswering if task.is_qa else AutoModelForSequenceClassification
+    auto = (AutoModelForMaskedLM if task.is_mlm else AutoModelForQuestionAnswering
+            if task.is_qa else AutoModelForSequenceClassification)
+    if task.is_mlm:
+        check_mlm_class(config, name_or_path)
     same_task = config.num_labels == task.num_labels and getattr(config, "finetuning_task", None) == task.name
     kwargs = {}
-    if not same_task and not task.is_qa:  # a QA head's shape does not depend on the task
+    if not same_task and task.kind == "classification":  # QA and MLM heads have fixed shapes
         kwargs = dict(num_labels=task.num_labels, ignore_mismatched_sizes=True)
         if task.label_names:
             kwargs["id2label"] = dict(enumerate(task.label_names))
@@ -133,11 +141,23 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
     trained_for = getattr(config, "finetuning_task", None)
-    model.config.finetuning_task = task.name
+    if not task.is_mlm:  # an MLM model stays what it was (pretrained or fine-tuned elsewhere)
+        model.config.finetuning_task = task.name
     if with_info:
         fresh = info.get("missing_keys") or info.get("mismatched_keys")
         return model, HeadInfo(head_loaded=not fresh, trained_for=trained_for)
     return model
+
+
+def check_mlm_class(config, name: str) -> None:
+    """Refuse a model type that transformers has no masked-LM head for."""
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+        kind = getattr(config, "model_type", type(config).__name__)
+        raise ObertError(f"{name} is a {kind} model, which has no masked-language-model head "
+                         "in transformers (no AutoModelForMaskedLM class): the mlm task needs "
+                         "an encoder such as BERT, RoBERTa or DistilBERT")
 
 
 @dataclass(frozen=True)
@@ -148,12 +168,18 @@ class HeadInfo:
     trained_for: str | None  # the config's finetuning_task (obert finetune records it)
 
     def fine_tuned_on(self, task: TaskSpec) -> bool:
-        """The head was loaded and obert (or the config) says it was trained on ``task``."""
-        return self.head_loaded and self.trained_for == task.name
+        """The head was loaded and obert (or the config) says it was trained on ``task``; an
+        MLM head that loaded is trained for MLM (that is what pretraining trains)."""
+        return self.head_loaded and (self.trained_for == task.name or task.is_mlm)
 
 
 def check_head(name: str, info: HeadInfo, task: TaskSpec, role: str = "model") -> None:
     """Refuse a model whose task head was made up at load time (chance-level scores)."""
+    if not info.head_loaded and task.is_mlm:
+        raise ObertError(
+            f"the {role} {name} has no trained masked-LM head (its weights are not in the "
+            "checkpoint, so it would start random): fit one on the frozen encoder first with "
+            "obert finetune --task mlm --head-only (see the README, 'Upstream pruning')")
     if not info.head_loaded:
         raise ObertError(
             f"the {role} {name} has no trained {task.name} head (its head would start random "

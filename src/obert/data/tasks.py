@@ -31,7 +31,8 @@ class TaskSpec:
     tsv_no_header: tuple[str, ...] = ()
     # TSV label strings -> ids (empty: labels are numbers already)
     tsv_label_map: dict[str, int] = field(default_factory=dict)
-    # "classification" (GLUE, regression included) or "qa" (extractive, SQuAD)
+    # "classification" (GLUE, regression included), "qa" (extractive, SQuAD) or "mlm"
+    # (masked-language modelling on a text corpus, see ``obert.data.mlm``)
     kind: str = "classification"
 
     @property
@@ -39,8 +40,17 @@ class TaskSpec:
         return self.kind == "qa"
 
     @property
+    def is_mlm(self) -> bool:
+        return self.kind == "mlm"
+
+    @property
     def default_max_length(self) -> int:
         return 384 if self.is_qa else 128
+
+    @property
+    def grad_batch_size(self) -> int:
+        """Rows per Fisher gradient: the papers' 16 (GLUE, MLM), 8 for SQuAD's 384 tokens."""
+        return 8 if self.is_qa else 16
 
     @property
     def is_regression(self) -> bool:
@@ -111,6 +121,11 @@ TASKS: dict[str, TaskSpec] = {
             "squad", "squad", ("question", "context"), 0, ("exact_match", "f1"), "f1", (),
             "squad", {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
             {"train": "train", "dev": "validation"}, kind="qa",
+        ),
+        # Any text: masked-token accuracy, perplexity and loss over the masked positions.
+        TaskSpec(
+            "mlm", "", ("text",), 0, ("accuracy", "perplexity", "loss"), "accuracy",
+            hub_splits={"train": "train", "dev": "validation"}, kind="mlm",
         ),
     ]
 }

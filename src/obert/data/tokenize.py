@@ -1,4 +1,5 @@
-"""Tokenize a task's dataset for a model: one or two text columns, truncation, labels."""
+"""Tokenize a task's dataset for a model (one or two text columns, truncation, labels; QA
+windows; MLM blocks) and batch it with the task's collator."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ def encode(
 ) -> datasets.Dataset:
     """Return input_ids/attention_mask(/token_type_ids) and ``labels``; padding is left to the
     collator, so batches pad only to their longest row. For QA, training windows with
-    ``start_positions``/``end_positions`` (see ``obert.data.qa``)."""
+    ``start_positions``/``end_positions`` (see ``obert.data.qa``). For MLM, blocks of exactly
+    ``max_length`` tokens (``obert.data.mlm.group_texts``), masked later by the collator."""
+    if task.is_mlm:
+        from obert.data.mlm import group_texts
+
+        return group_texts(ds, tokenizer, max_length)
     if task.is_qa:
         from obert.data.qa import prepare_train_features
 
@@ -31,12 +37,25 @@ def encode(
                   load_from_cache_file=False)
 
 
-def batches(encoded: datasets.Dataset, tokenizer, batch_size: int, seed: int = 0):
-    """A shuffled DataLoader of padded batches (labels included), fixed by ``seed``."""
+def collator(task: TaskSpec | None, tokenizer, seed: int | None = None):
+    """The task's batch maker: padding to the longest row, plus BERT's masking for MLM
+    (``seed`` fixes the masks; None draws them from torch's global generator)."""
+    if task is not None and task.is_mlm:
+        from obert.data.mlm import masking_collator
+
+        return masking_collator(tokenizer, seed)
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def batches(encoded: datasets.Dataset, tokenizer, batch_size: int, seed: int = 0,
+            task: TaskSpec | None = None):
+    """A shuffled DataLoader of the task's batches (labels included), fixed by ``seed``: the
+    order and, for MLM, the masks."""
     import torch
     from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
 
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(encoded, batch_size=batch_size, shuffle=True, generator=gen,
-                      collate_fn=DataCollatorWithPadding(tokenizer))
+                      collate_fn=collator(task, tokenizer, seed))

@@ -83,10 +83,11 @@ def build_engines(model: nn.Module, names=ENGINES) -> dict[str, nn.Module]:
 
 def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
               warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False,
-              score: Callable[[nn.Module], dict] | None = None) -> dict:
+              score: Callable[[nn.Module], dict] | None = None, profile: bool = False) -> dict:
     """Time each engine on the same inputs; speed-ups are ratios measured in this one run.
     ``score(engine)``: the task metrics of each engine (``obert bench --task``), so accuracy
-    and latency come from the same modules."""
+    and latency come from the same modules. ``profile``: where each engine's time goes
+    (``obert.runtime.profile``), timed after the plain runs."""
     from tqdm.auto import tqdm
 
     if threads is not None:
@@ -105,6 +106,11 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
             results.append(EngineResult(name, med, batch_size * 1e3 / med, diff, min(ms)))
         bar.close()
     by = {r.name: r for r in results}
+    profiles = {}
+    if profile:
+        from .profile import profile as where
+
+        profiles = {n: where(e, inputs, repeats) for n, e in built.items()}
     if score is not None:
         for r in results:
             r.metrics = score(built[r.name])
@@ -121,6 +127,7 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
         "seq_len": seq_len, "batch_size": batch_size, "threads": torch.get_num_threads(),
         "warmup": warmup, "repeats": repeats, "isa": isa(), "torch": torch.__version__,
         "layers": layers, "linear_sparsity": linear_sparsity(model),
+        **({"profile": profiles} if profiles else {}),
     }
 
 
@@ -148,4 +155,14 @@ def format_table(report: dict) -> str:
         rows.append(f"{r['name']:12s} {r['median_ms']:10.2f} {r['throughput']:8.1f} "
                     f"{r['speedup_vs_dense_fp32']:7.2f}x {'' if v8 is None else f'{v8:7.2f}x':>8s} "
                     f"{r['max_abs_diff']:11.2e}{m}")
+    if report.get("profile"):
+        from .profile import PARTS
+
+        cols = [*PARTS, "rest"]
+        rows += ["", "where the time goes (ms, median; share of the hooked total)",
+                 f"{'engine':12s} {'total':>8s} " + " ".join(f"{c:>16s}" for c in cols)]
+        for name, p in report["profile"].items():
+            t = p["total_ms"]
+            rows.append(f"{name:12s} {t:8.2f} " + " ".join(
+                f"{p[c + '_ms']:8.2f} ({p[c + '_ms'] / t:4.0%})" for c in cols))
     return "\n".join([head, *rows])

@@ -3,6 +3,7 @@ scheme (``DenseInt8Linear``); PyTorch's dynamic INT8 only as the baseline users 
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -82,29 +83,38 @@ class FusedProjections(nn.Module):
     The activations are laid out once and the kernel sees one wide matrix. Each projection is a
     `FusedPart` whose call returns its slice; the parts must be called with the same tensor
     (as attention does), and a new input, or the same one modified in place, recomputes.
+    What one call has computed for its siblings is kept per thread (``threading.local``), never
+    on the module: threads sharing one compiled model never see each other's projections.
     """
 
     def __init__(self, linear: SparseLinear, sizes: list[int]):
         super().__init__()
         self.linear, self.sizes = linear, list(sizes)
         self.bounds = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
-        self._x: torch.Tensor | None = None
-        self._y: torch.Tensor | None = None
-        self._version = -1
-        self._left = 0
+        self._local = threading.local()
 
     def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        st = self._local
         # inference tensors carry no version counter; attention never edits its input anyway
         version = -2 if x.is_inference() else x._version
-        if self._x is not x or self._version != version or self._left == 0:
-            self._x, self._version = x, version
-            self._y = self.linear(x)
-            self._left = len(self.sizes)
-        y = self._y[..., self.bounds[i]:self.bounds[i + 1]]
-        self._left -= 1
-        if self._left == 0:  # all parts served: drop the references
-            self._x = self._y = None
+        if getattr(st, "x", None) is not x or st.version != version or st.left == 0:
+            st.x, st.version = x, version
+            st.y = self.linear(x)
+            st.left = len(self.sizes)
+        y = st.y[..., self.bounds[i]:self.bounds[i + 1]]
+        st.left -= 1
+        if st.left == 0:  # all parts served: drop the references
+            st.x = st.y = None
         return y
+
+    def __getstate__(self) -> dict:  # deepcopy / pickle: a fresh per-thread store
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 class FusedPart(nn.Module):

@@ -29,3 +29,16 @@ def distill_loss(
     if hardness >= 1.0 or task_loss is None:
         return kd
     return hardness * kd + (1.0 - hardness) * task_loss
+
+
+IGNORE = -100  # the label of a position that is not scored (Hugging Face's convention)
+
+
+def token_kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                  hardness: float, temperature: float, task_loss: Tensor | None) -> Tensor:
+    """KD for token-level logits ``[batch, length, vocab]`` (MLM): ``distill_loss`` over the
+    scored positions only (``labels`` ≠ −100, the masked tokens), each position one row, so
+    the KL is averaged over the masked tokens of the batch."""
+    keep = labels != IGNORE
+    return distill_loss(task_loss, student_logits[keep], teacher_logits[keep], hardness,
+                        temperature)

@@ -1,4 +1,5 @@
-"""Evaluate a model on a split, with a progress bar: GLUE classifiers and SQuAD readers."""
+"""Evaluate a model on a split, with a progress bar: GLUE classifiers, SQuAD readers and
+masked-language models."""
 
 from __future__ import annotations
 
@@ -71,9 +72,53 @@ def evaluate_qa(model, examples, tokenizer, task: TaskSpec, max_length: int = 38
     return {**squad_scores(preds, golds), "n": len(examples), "windows": len(feats)}
 
 
+MLM_EVAL_SEED = 1234  # every model is scored on the same masked positions
+MLM_MASK_CHUNK = 64  # blocks masked per collator call: the masks do not depend on batch_size
+
+
+@torch.no_grad()
+def evaluate_mlm(model, blocks, tokenizer, batch_size: int = 64, quiet: bool = False,
+                 seed: int = MLM_EVAL_SEED) -> dict:
+    """Masked-token accuracy, mean cross-entropy (``loss``) and ``perplexity`` = exp(loss) over
+    the masked positions of ``blocks`` (from ``group_texts``). The masks are drawn by a collator
+    seeded with ``seed``, over the blocks in order and in fixed chunks, so every model and
+    every batch size sees the same masks."""
+    from obert.data.tasks import get_task
+    from obert.data.tokenize import collator
+
+    model.eval()
+    collate = collator(get_task("mlm"), tokenizer, seed)
+    device = next(model.parameters()).device
+    nll, correct, count = 0.0, 0, 0
+    bar = tqdm(total=len(blocks), desc="evaluate", unit="block", disable=quiet)
+    for start in range(0, len(blocks), MLM_MASK_CHUNK):
+        chunk = collate([blocks[i] for i in range(start, min(start + MLM_MASK_CHUNK,
+                                                              len(blocks)))])
+        labels_all = chunk.pop("labels")
+        for b in range(0, len(labels_all), batch_size):
+            batch = {k: v[b: b + batch_size].to(device) for k, v in chunk.items()}
+            labels = labels_all[b: b + batch_size].to(device)
+            picked = labels != -100
+            logits = model(**batch).logits[picked].float()
+            gold = labels[picked]
+            nll += torch.nn.functional.cross_entropy(logits, gold, reduction="sum").item()
+            correct += (logits.argmax(-1) == gold).sum().item()
+            count += gold.numel()
+            bar.update(len(labels))
+    bar.close()
+    loss = nll / max(count, 1)
+    return {"accuracy": correct / max(count, 1), "perplexity": float(np.exp(loss)),
+            "loss": loss, "n": len(blocks), "masked_tokens": count}
+
+
 def evaluate_split(model, ds, tokenizer, task: TaskSpec, max_length: int, batch_size: int = 64,
                    quiet: bool = False, doc_stride: int = 128) -> dict:
     """The task's metrics on a raw split (tokenized here), for any task kind."""
+    if task.is_mlm:
+        from obert.data.mlm import group_texts
+
+        return evaluate_mlm(model, group_texts(ds, tokenizer, max_length), tokenizer,
+                            batch_size, quiet)
     if task.is_qa:
         return evaluate_qa(model, ds, tokenizer, task, max_length, doc_stride, batch_size, quiet)
     from obert.data.tokenize import encode

@@ -1,13 +1,16 @@
-"""Fine-tuning on a task with the Hugging Face Trainer: dense, or sparse transfer (the start
-model's zeros held as fixed masks)."""
+"""Fine-tuning on a task with the Hugging Face Trainer: dense, sparse transfer (the start
+model's zeros held as fixed masks), or the task head alone on a frozen encoder."""
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass
 
-from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from obert.data.tasks import TaskSpec
+from obert.data.tokenize import collator
+from obert.errors import ObertError
 from obert.models import has_cuda
 from obert.pruning.masks import MaskSet
 from obert.training.gradual import HoldMasks
@@ -27,11 +30,26 @@ class FinetuneConfig:
         return asdict(self)
 
 
+def freeze_base(model) -> int:
+    """Freeze the encoder and embeddings (``model.base_model``): only the task head trains.
+    Returns the number of trainable weights left. A head tied to the embeddings (BERT's MLM
+    decoder) stays frozen with them; its bias and transform train."""
+    for p in model.base_model.parameters():
+        p.requires_grad_(False)
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n == 0:
+        raise ObertError(f"{type(model).__name__} has no weights outside its encoder to train: "
+                         "--head-only has nothing to fit")
+    return n
+
+
 def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool = False,
-             masks: MaskSet | None = None) -> dict:
+             masks: MaskSet | None = None, task: TaskSpec | None = None) -> dict:
     """Train ``model`` in place (linear LR decay after warm-up); returns the training summary.
 
-    With ``masks`` every pruned weight stays exactly 0 (sparse transfer)."""
+    With ``masks`` every pruned weight stays exactly 0 (sparse transfer). Weights with
+    ``requires_grad`` off (``freeze_base``) are left out of the optimizer. ``task`` picks the
+    collator (MLM masks its batches)."""
     with tempfile.TemporaryDirectory(prefix="obert-trainer-") as tmp:
         args = TrainingArguments(
             output_dir=tmp,
@@ -55,7 +73,7 @@ def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool =
             model=model,
             args=args,
             train_dataset=train_encoded,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=collator(task, tokenizer),
             processing_class=tokenizer,
         )
         if quiet:

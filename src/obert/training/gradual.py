@@ -30,7 +30,7 @@ from obert.compression.quant import int8_cost_note, prepare_qat
 from obert.pruning.distributed import Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.step import pruning_step
-from obert.training.distill import distill_loss
+from obert.training.distill import distill_loss, token_kd_loss
 from obert.training.recipe import DistillConfig, PruningConfig
 from obert.training.schedule import StepPlan
 
@@ -224,6 +224,8 @@ class DistillTrainer(Trainer):
             if hasattr(outputs, "start_logits"):  # QA: KD averaged over the start and end
                 loss = 0.5 * (distill_loss(loss, outputs.start_logits, t_out.start_logits, h, T)
                               + distill_loss(loss, outputs.end_logits, t_out.end_logits, h, T))
+            elif outputs.logits.dim() == 3:  # token logits (MLM): the masked positions only
+                loss = token_kd_loss(outputs.logits, t_out.logits, inputs["labels"], h, T, loss)
             else:
                 loss = distill_loss(loss, outputs.logits, t_out.logits, h, T)
         return (loss, outputs) if return_outputs else loss

@@ -20,10 +20,17 @@ from obert.data.tasks import TaskSpec, get_task
 from obert.data.tokenize import encode
 from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model, sparsity_report
-from obert.models import check_head, check_seq_len, load_classifier, load_config, load_tokenizer
+from obert.models import (
+    check_head,
+    check_mlm_class,
+    check_seq_len,
+    load_classifier,
+    load_config,
+    load_tokenizer,
+)
 from obert.pruning.targets import find_targets
 from obert.training.evaluate import evaluate_split
-from obert.training.finetune import FinetuneConfig, finetune
+from obert.training.finetune import FinetuneConfig, finetune, freeze_base
 
 
 def log(msg: str) -> None:
@@ -42,12 +49,20 @@ class DataArgs:
     seed: int = 42
     doc_stride: int = 128  # QA: overlap of the windows over a long context
     split_articles: int | None = None  # QA: train on dev minus its last N articles, test on them
+    dataset: str | None = None  # MLM: a hub corpus (e.g. wikipedia) instead of text files
+    dataset_config: str | None = None
+    streaming: bool = False  # MLM: read only the --max-train-samples documents used
 
     @property
     def spec(self) -> TaskSpec:
         return get_task(self.task)
 
     def load(self, split: str) -> datasets.Dataset:
+        if self.spec.is_mlm:
+            return self._load_text(split)
+        if self.dataset is not None or self.streaming:
+            raise ObertError(f"--dataset and --streaming are for --task mlm; {self.spec.name} "
+                             "reads --data-dir, --train-file/--validation-file or the hub's glue")
         if self.split_articles is not None:
             from obert.data.qa import split_articles
 
@@ -64,17 +79,33 @@ class DataArgs:
             ds = subsample(ds, self.max_train_samples, self.seed)
         return check_split(ds, self.spec, split, self.where(split))
 
+    def _load_text(self, split: str) -> datasets.Dataset:
+        """An MLM corpus split: a ``text`` column, one document per row."""
+        from obert.data.mlm import load_corpus
+
+        if split not in ("train", "dev"):
+            raise ObertError(f"the mlm task has a train and a dev split, not {split}")
+        file = {"train": self.train_file, "dev": self.validation_file}[split]
+        ds = load_corpus(split, file, None if file else self.dataset, self.dataset_config,
+                         self.streaming, self.max_train_samples)
+        return subsample(ds, self.max_train_samples, self.seed) if split == "train" else ds
+
     def where(self, split: str) -> str:
         """Where a split comes from, in the words of the flags that chose it."""
         file = {"train": self.train_file, "dev": self.validation_file}.get(split)
         if self.split_articles is not None:
             return f"--split-articles {self.split_articles} of the dev file"
+        if self.dataset and not file:
+            return f"the hub dataset {self.dataset}"
         return file or self.data_dir or "the Hugging Face hub"
 
     def describe(self) -> dict:
         out = {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
                "validation_file": self.validation_file,
                "max_train_samples": self.max_train_samples, "seed": self.seed}
+        if self.spec.is_mlm:
+            out.update(dataset=self.dataset, dataset_config=self.dataset_config,
+                       streaming=self.streaming)
         if self.spec.is_qa:
             out["doc_stride"] = self.doc_stride
             out["split_articles"] = self.split_articles
@@ -87,12 +118,14 @@ class DataArgs:
 def check_inputs(model_name: str, data: DataArgs, max_seq_length: int,
                  output: str | None = None, overwrite: bool = False):
     """What can be checked before any work: the output location, the model's config (a local
-    folder or a reachable id), the sequence length against its positions, and SQuAD's window
-    arithmetic. Returns the config."""
+    folder or a reachable id), the sequence length against its positions, an MLM head class
+    for the mlm task, and SQuAD's window arithmetic. Returns the config."""
     if output is not None:
         check_output(output, overwrite)
     config = load_config(model_name)
     check_seq_len(config, max_seq_length)
+    if data.spec.is_mlm:
+        check_mlm_class(config, model_name)
     if data.spec.is_qa:
         from obert.data.qa import check_windows
 
@@ -113,25 +146,39 @@ def set_quiet(quiet: bool) -> None:
 
 def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: str,
                  overwrite: bool = False, quiet: bool = False,
-                 keep_sparsity: bool = False) -> dict:
+                 keep_sparsity: bool = False, head_only: bool = False) -> dict:
     """Fine-tune ``model_name`` on the task; with ``keep_sparsity`` its zeros are fixed masks
-    (sparse transfer) and ``sparsity.json`` records where they came from."""
+    (sparse transfer) and ``sparsity.json`` records where they came from; with ``head_only``
+    the encoder is frozen and only the task head trains (e.g. fitting an MLM head that a
+    checkpoint lacks)."""
     task = data.spec
+    if keep_sparsity and head_only:
+        raise ObertError("--keep-sparsity and --head-only do not go together: a frozen encoder "
+                         "keeps its zeros anyway; drop --keep-sparsity")
     check_inputs(model_name, data, cfg.max_seq_length, output, overwrite)
     train = data.load("train")
     tokenizer = load_tokenizer(model_name)
-    model = load_classifier(model_name, task)
+    model, head = load_classifier(model_name, task, with_info=True)
+    if task.is_mlm and not head_only:  # a random MLM head would wreck the encoder it trains
+        check_head(model_name, head, task)
     masks, origin = (transfer_masks(model, model_name) if keep_sparsity else (None, None))
-    log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training rows"
-        + (f", keeping its {masks.sparsity():.2%} sparsity" if masks else ""))
+    trainable = freeze_base(model) if head_only else None
     t0 = time.time()
     encoded = encode(train, tokenizer, task, cfg.max_seq_length, data.doc_stride)
-    summary = finetune(model, tokenizer, encoded, cfg, quiet, masks)
+    log(f"fine-tuning {model_name} on {task.name}: {len(train):,} training "
+        f"{'documents' if task.is_mlm else 'rows'}"
+        + (f" ({len(encoded):,} blocks of {cfg.max_seq_length} tokens)" if task.is_mlm else "")
+        + (f", keeping its {masks.sparsity():.2%} sparsity" if masks else "")
+        + (f", the head only ({trainable:,} weights; the encoder frozen)" if head_only else ""))
+    summary = finetune(model, tokenizer, encoded, cfg, quiet, masks, task)
     summary["wall_s"] = time.time() - t0
     metrics = maybe_evaluate(model, tokenizer, data, cfg.max_seq_length, quiet)
-    info = {**sparsity_report(model, targets_or_none(model)),
-            "method": "sparse-transfer" if masks else "dense-finetune",
-            "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity}, "train": summary,
+    for p in model.parameters():  # the saved model trains whole when loaded again
+        p.requires_grad_(True)
+    method = "head-only" if head_only else "sparse-transfer" if masks else "dense-finetune"
+    info = {**sparsity_report(model, targets_or_none(model)), "method": method,
+            "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity,
+                         "head_only": head_only}, "train": summary,
             **({"masks": origin} if origin else {})}
     write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
     return metrics

@@ -60,7 +60,7 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: li
         need = cfg.fisher.num_grads * cfg.fisher.grad_batch_size * cfg.recomputations
         train = subsample(data.load("train"), need, data.seed)
         train = encode(train, tokenizer, data.spec, max_seq_length, data.doc_stride)
-        loader = batches(train, tokenizer, cfg.fisher.grad_batch_size, data.seed)
+        loader = batches(train, tokenizer, cfg.fisher.grad_batch_size, data.seed, data.spec)
     # 4. prune to each sparsity, writing each as it is done (rank 0 writes)
     results: list[dict] = []
     t0 = time.time()

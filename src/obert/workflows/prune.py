@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obert.compression.quant import SCHEME, convert_qat, int8_linears, prepare_qat
-from obert.data.tokenize import batches, encode
+from obert.data.tokenize import batches, collator, encode
 from obert.errors import ObertError
 from obert.io import QUANT_FILE, check_output, save_weight_scales, sparsity_report
 from obert.models import HeadInfo, check_head, has_cuda, load_classifier, load_tokenizer
@@ -31,7 +31,7 @@ from obert.pruning.distributed import TIMEOUT, Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check
-from obert.training.evaluate import evaluate_split
+from obert.training.evaluate import evaluate_mlm, evaluate_split
 from obert.training.gradual import (
     DistillTrainer,
     MaskedPruning,
@@ -184,6 +184,8 @@ def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunAr
     task, dcfg, pcfg = data.spec, recipe.distillation, recipe.pruning
     tokenizer = load_tokenizer(model_name)
     model, head = load_classifier(model_name, task, with_info=True)
+    if task.is_mlm:  # training under a random MLM head would wreck the encoder
+        check_head(model_name, head, task)
     if recipe.layers.keep is not None:  # the student only: KD comes from the full teacher
         from obert.compression.layers import drop_layers
 
@@ -215,7 +217,8 @@ def teacher_choice(model_name: str, head: HeadInfo, task, run: PruneRunArgs,
     if recipe.distillation.teacher:
         return recipe.distillation.teacher, "the recipe's distillation.teacher"
     if head.fine_tuned_on(task):
-        return model_name, f"the start model, fine-tuned on {task.name}"
+        return model_name, ("the start model, with its MLM head" if task.is_mlm else
+                            f"the start model, fine-tuned on {task.name}")
     raise ObertError(
         f"the recipe distills (distillation.hardness {recipe.distillation.hardness:g}) but "
         f"{model_name} is not fine-tuned on {task.name} (no head trained for it, or its config "
@@ -231,6 +234,10 @@ def load_data(data: DataArgs, raw_train, tokenizer, recipe: Recipe, run: PruneRu
     except ObertError as e:
         log(f"no evaluation during training: {e}")
         return Splits(train, None, None)
+    if task.is_mlm:  # scored on fixed masks, over the masked positions, outside Trainer's loop
+        dev = encode(dev_raw, tokenizer, task, recipe.max_seq_length)
+        return Splits(train, dev, lambda m: evaluate_mlm(m, dev, tokenizer, run.eval_batch_size,
+                                                         True))
     if not task.is_qa:
         return Splits(train, encode(dev_raw, tokenizer, task, recipe.max_seq_length), None)
 
@@ -245,22 +252,23 @@ def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: 
                   run: PruneRunArgs, comm: Comm):
     """The Trainer with its callbacks; the plan comes from its own training data loader, so
     world size, batching and gradient accumulation are counted as the Trainer counts them."""
-    from transformers import DataCollatorWithPadding, IntervalStrategy, PrinterCallback
+    from transformers import IntervalStrategy, PrinterCallback
 
     from obert.data.metrics import compute_metrics
 
     task, pcfg, tokenizer = data.spec, recipe.pruning, models.tokenizer
 
     def grad_batches(step: int):
-        return batches(splits.train, tokenizer, pcfg.fisher.grad_batch_size, data.seed + step)
+        return batches(splits.train, tokenizer, pcfg.fisher.grad_batch_size, data.seed + step,
+                       task)
 
     masked = MaskedPruning(models.masks, pcfg, None, grad_batches, comm, run.quiet, log)
     metrics_log = MetricsLog(Path(args.output_dir) / "metrics.jsonl", masked.sparsity)
     args.eval_strategy = IntervalStrategy.STEPS if splits.dev is not None else IntervalStrategy.NO
     trainer = DistillTrainer(
         model=models.model, args=args, train_dataset=splits.train, eval_dataset=splits.dev,
-        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-        compute_metrics=None if task.is_qa else (
+        data_collator=collator(task, tokenizer), processing_class=tokenizer,
+        compute_metrics=None if splits.eval_fn is not None else (
             lambda p: compute_metrics(task, p.predictions, p.label_ids)),
         eval_fn=splits.eval_fn,
         callbacks=[masked, metrics_log], teacher=models.teacher, distill=recipe.distillation,
@@ -277,7 +285,7 @@ def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: 
     args.save_steps = run.save_steps or max(1, spe // 2)
     if (pcfg is not None or plan.qat_start is not None) and comm.is_main:
         log(f"{task.name}: {len(splits.train):,} training "
-            f"{'windows' if task.is_qa else 'rows'}, {spe} optimizer steps per epoch"
+            f"{'windows' if task.is_qa else 'blocks' if task.is_mlm else 'rows'}, {spe} optimizer steps per epoch"
             f"{f' per rank ({comm.world} ranks)' if comm.world > 1 else ''}, "
             f"{plan.total_steps} in all"
             + ("; pruning at steps " + ", ".join(f"{s} ({v:.1%})" for s, v in

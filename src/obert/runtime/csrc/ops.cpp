@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -49,8 +50,10 @@ const Isa* by_name(const std::string& name) {
   return obert::isa_scalar();
 }
 
-const Isa*& current() {
-  static const Isa* isa = by_name(available().front());
+// The instruction set in use: atomic, so set_isa from one thread never tears a pointer that a
+// kernel call in another thread is reading (each call loads it once and keeps it).
+std::atomic<const Isa*>& current() {
+  static std::atomic<const Isa*> isa{by_name(available().front())};
   return isa;
 }
 
@@ -59,7 +62,7 @@ void set_isa(const std::string& name) {
   const std::string want = name == "auto" ? av.front() : name;
   for (const auto& a : av)
     if (a == want) {
-      current() = by_name(a);
+      current().store(by_name(a));
       return;
     }
   std::string list;
@@ -83,10 +86,43 @@ void check_x(const torch::Tensor& x) {
               "obert kernels take a CPU float32 [tokens, features] tensor with unit inner stride");
 }
 
-void check_rows(const torch::Tensor& row_ptr, int64_t N) {
-  TORCH_CHECK(row_ptr.scalar_type() == torch::kInt32 && row_ptr.is_contiguous() &&
-                  row_ptr.numel() >= N + 1 && (row_ptr.numel() - 1) % obert::kRowGroup == 0,
-              "row_ptr must be int32 with (N padded to a multiple of 16) + 1 entries");
+// INT8 sums: each product of a uint8 activation (0..255) and an int8 weight (-127..127) is at
+// most 255 * 127 in magnitude, so an int32 accumulator cannot overflow for K up to this.
+constexpr int64_t kMaxK8 = 2147483647LL / (255 * 127);
+constexpr int64_t kColPad = 16;  // pack.py's COL_PAD: trailing column entries the kernels prefetch
+
+// Every index a kernel will follow, checked before it runs: rows padded to whole groups of 16,
+// row_ptr from 0 and non-decreasing, nnz blocks of values, col long enough for the prefetch and
+// every block inside the activations (a multiple of 4 for 4-blocks). Returns nnz.
+int64_t check_sparse(const torch::Tensor& row_ptr, const torch::Tensor& col, int64_t N, int64_t K,
+                     int64_t bs) {
+  const int64_t groups = (N + obert::kRowGroup - 1) / obert::kRowGroup;
+  TORCH_CHECK(N >= 0 && row_ptr.scalar_type() == torch::kInt32 && row_ptr.is_contiguous() &&
+                  row_ptr.dim() == 1 && row_ptr.numel() == groups * obert::kRowGroup + 1,
+              "row_ptr must be int32 with ceil(N / 16) * 16 + 1 = ", groups * obert::kRowGroup + 1,
+              " entries for N = ", N, ", not ", row_ptr.numel(), " (pack with obert.runtime.pack)");
+  const int32_t* r = row_ptr.data_ptr<int32_t>();
+  TORCH_CHECK(r[0] == 0, "row_ptr must start at 0, not ", r[0]);
+  for (int64_t n = 0; n + 1 < row_ptr.numel(); ++n)
+    TORCH_CHECK(r[n + 1] >= r[n], "row_ptr decreases at row ", n, " (", r[n], " then ", r[n + 1],
+                ")");
+  const int64_t nnz = r[row_ptr.numel() - 1];
+  TORCH_CHECK(col.scalar_type() == torch::kInt32 && col.is_contiguous() && col.dim() == 1 &&
+                  col.numel() >= nnz + kColPad,
+              "col must be int32 with nnz + ", kColPad, " = ", nnz + kColPad,
+              " entries, not ", col.numel());
+  const int32_t* c = col.data_ptr<int32_t>();
+  const int64_t last = bs == 4 ? (K + 3) / 4 * 4 - 4 : K - 1;  // the last valid block start
+  int32_t lo = 0, hi = 0, odd = 0;
+  for (int64_t j = 0; j < nnz; ++j) {  // one pass, vectorised: min, max and alignment
+    lo = std::min(lo, c[j]);
+    hi = std::max(hi, c[j]);
+    odd |= c[j];
+  }
+  TORCH_CHECK(nnz == 0 || (lo >= 0 && hi <= last), "col holds a block at column ",
+              lo < 0 ? lo : hi, ", outside the ", K, " inputs");
+  TORCH_CHECK(bs != 4 || (odd & 3) == 0, "a 4-block column index is not a multiple of 4");
+  return nnz;
 }
 
 obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
@@ -104,9 +140,12 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
                        const torch::Tensor& col, const torch::Tensor& val, int64_t bs, int64_t N,
                        const c10::optional<torch::Tensor>& bias, int64_t act) {
   check_x(x);
-  check_rows(row_ptr, N);
   TORCH_CHECK(bs == 1 || bs == 4, "block size must be 1 or 4");
-  const Isa* isa = current();
+  const int64_t nnz = check_sparse(row_ptr, col, N, x.size(1), bs);
+  TORCH_CHECK(val.scalar_type() == torch::kFloat32 && val.is_contiguous() &&
+                  val.numel() == nnz * bs,
+              "val must be float32 with nnz * bs = ", nnz * bs, " values, not ", val.numel());
+  const Isa* isa = current().load();
   const int64_t M = x.size(0), K = x.size(1), T = isa->tok_tile, tiles = (M + T - 1) / T;
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
@@ -134,11 +173,16 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
                       const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
                       int64_t act) {
   check_x(x);
-  check_rows(row_ptr, N);
-  TORCH_CHECK(wq.scalar_type() == torch::kInt32 && sw.scalar_type() == torch::kFloat32 &&
-                  wsum.scalar_type() == torch::kInt32,
-              "int8 weights must be packed by obert.runtime.pack");
-  const Isa* isa = current();
+  TORCH_CHECK(x.size(1) <= kMaxK8, "INT8 kernels take at most ", kMaxK8,
+              " inputs (int32 sums could overflow beyond), not ", x.size(1));
+  const int64_t nnz = check_sparse(row_ptr, col, N, x.size(1), 4);
+  TORCH_CHECK(wq.scalar_type() == torch::kInt32 && wq.is_contiguous() && wq.numel() == nnz &&
+                  sw.scalar_type() == torch::kFloat32 && sw.is_contiguous() &&
+                  sw.numel() == N && wsum.scalar_type() == torch::kInt32 &&
+                  wsum.is_contiguous() && wsum.numel() == N,
+              "int8 weights must be packed by obert.runtime.pack: wq int32 [nnz = ", nnz,
+              "], sw float32 [N], wsum int32 [N]");
+  const Isa* isa = current().load();
   const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
   const int64_t Mt = (M + T - 1) / T * T;  // tokens in whole tiles
   auto y = torch::empty({M, N}, x.options());
@@ -165,12 +209,15 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "obert sparse CPU kernels (fp32 blocked CSR, int8 4-blocks)";
   m.def("available_isas", &available, "instruction sets this CPU can run, fastest first");
-  m.def("isa", [] { return std::string(current()->name); }, "the instruction set in use");
+  m.def("isa", [] { return std::string(current().load()->name); }, "the instruction set in use");
   m.def("set_isa", &set_isa, "use 'auto' or one of available_isas()");
   m.def("spmm_f32", &spmm_f32, "y = x W^T + b with W in blocked CSR (fp32)", py::arg("x"),
         py::arg("row_ptr"), py::arg("col"), py::arg("val"), py::arg("bs"), py::arg("n"),
-        py::arg("bias") = py::none(), py::arg("act") = 0);
+        py::arg("bias") = py::none(), py::arg("act") = 0,
+        // no Python object is touched inside: other Python threads run meanwhile
+        py::call_guard<py::gil_scoped_release>());
   m.def("spmm_i8", &spmm_i8, "y = x W^T + b with int8 4-blocks, dynamic per-token activations",
         py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
-        py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0);
+        py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0,
+        py::call_guard<py::gil_scoped_release>());
 }

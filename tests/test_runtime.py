@@ -548,3 +548,43 @@ def test_kernels_release_the_gil() -> None:
         stop.set()
         t.join()
     assert busy > 0.4 * free, (busy, free)  # measured: 0.87 released, 0.11 for a GIL-holding sort
+
+
+def test_autotune_follows_the_timings_and_caches_them(tiny_model_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile(autotune=True) goes sparse exactly where the timer says sparse is faster, writes
+    one cache entry per layer kind, and a second compile reads them without timing anything."""
+    from obert.runtime import autotune
+
+    monkeypatch.setenv("OBERT_CACHE", str(tmp_path))
+    m = _tiny_pruned(tiny_model_dir, 0.6, 4)  # 40% of the blocks kept: dense by the fixed rule
+    assert all(c.engine == "dense-int8" for c in rt.compile(m, "int8").obert_layers[:12])
+    seen = []
+
+    def fake(sparse_fn, dense_fn):  # "sparse 1 ms, dense 2 ms" for every layer kind
+        seen.append(1)
+        return (1.0, 2.0)
+
+    monkeypatch.setattr(autotune, "interleaved_ms", fake)
+    c = rt.compile(m, "int8", autotune=True)
+    engines = [layer.engine for layer in c.obert_layers]
+    assert engines.count("sparse-int8") == 12 and c.obert_autotune["timed"] == len(seen) > 0
+    table = json.loads(Path(c.obert_autotune["cache"]).read_text())
+    assert len(table) == len(seen) and all(r["sparse_ms"] < r["dense_ms"] for r in table.values())
+    seen.clear()
+    again = rt.compile(m, "int8", autotune=True)  # from the cache: nothing timed
+    assert seen == [] and again.obert_autotune["timed"] == 0
+    assert [x.engine for x in again.obert_layers] == engines
+    x = torch.randint(1000, 3000, (2, 12))
+    with torch.inference_mode():
+        ref = m(input_ids=x).logits
+        assert (again(input_ids=x).logits - ref).abs().max().item() < 0.05
+    # a real timing on this machine: whatever it picks computes the same model
+    monkeypatch.undo()
+    monkeypatch.setenv("OBERT_CACHE", str(tmp_path / "real"))
+    real = rt.compile(_tiny_pruned(tiny_model_dir, 0.9, 1), "fp32", autotune=True,
+                      tune_tokens=16)
+    assert real.obert_autotune["timed"] > 0
+    with torch.inference_mode():
+        m9 = _tiny_pruned(tiny_model_dir, 0.9, 1)
+        assert (real(input_ids=x).logits - m9(input_ids=x).logits).abs().max().item() < 1e-4

@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset")
     p.add_argument("--profile", action="store_true", help="also break each engine's time into "
                    "linears, attention, LayerNorm, embeddings and the rest")
+    p.add_argument("--autotune", action="store_true", help="sparse engines: choose dense or "
+                   "sparse per layer by timing both here (cached per machine and torch)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -363,7 +365,7 @@ def _bench(args: argparse.Namespace) -> int:
     score = _bench_scorer(args) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
                        args.repeats, engines, quiet=args.quiet, score=score,
-                       profile=args.profile)
+                       profile=args.profile, autotune=args.autotune)
     if args.task:
         report["task"] = args.task
     report["model"] = args.model

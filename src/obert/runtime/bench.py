@@ -69,30 +69,34 @@ def time_call(fn: Callable[[], object], warmup: int, repeats: int, progress=None
     return times
 
 
-def build_engines(model: nn.Module, names=ENGINES) -> dict[str, nn.Module]:
-    """The engines to time (sparse INT8 from a QAT folder's trained scales: ``compile``)."""
+def build_engines(model: nn.Module, names=ENGINES, autotune: bool = False,
+                  tokens: int = 128) -> dict[str, nn.Module]:
+    """The engines to time (sparse INT8 from a QAT folder's trained scales: ``compile``);
+    ``autotune``: each layer dense or sparse by a timing at ``tokens`` tokens."""
     model = model.eval()
     builders = {
         "dense-fp32": lambda: model,
         "dense-int8": lambda: quantize_dynamic_int8(copy.deepcopy(model)),
-        "sparse-fp32": lambda: compile(model, "fp32"),
-        "sparse-int8": lambda: compile(model, "int8"),
+        "sparse-fp32": lambda: compile(model, "fp32", autotune=autotune, tune_tokens=tokens),
+        "sparse-int8": lambda: compile(model, "int8", autotune=autotune, tune_tokens=tokens),
     }
     return {n: builders[n]() for n in names}
 
 
 def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
               warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False,
-              score: Callable[[nn.Module], dict] | None = None, profile: bool = False) -> dict:
+              score: Callable[[nn.Module], dict] | None = None, profile: bool = False,
+              autotune: bool = False) -> dict:
     """Time each engine on the same inputs; speed-ups are ratios measured in this one run.
     ``score(engine)``: the task metrics of each engine (``obert bench --task``), so accuracy
     and latency come from the same modules. ``profile``: where each engine's time goes
-    (``obert.runtime.profile``), timed after the plain runs."""
+    (``obert.runtime.profile``), timed after the plain runs. ``autotune``: the sparse engines
+    choose dense or sparse per layer by timing both at this batch × sequence length."""
     from tqdm.auto import tqdm
 
     if threads is not None:
         torch.set_num_threads(threads)
-    built = build_engines(model, engines)
+    built = build_engines(model, engines, autotune, batch_size * seq_len)
     inputs = example_inputs(model, batch_size, seq_len)
     results: list[EngineResult] = []
     with torch.inference_mode():
@@ -127,7 +131,7 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
         "seq_len": seq_len, "batch_size": batch_size, "threads": torch.get_num_threads(),
         "warmup": warmup, "repeats": repeats, "isa": isa(), "torch": torch.__version__,
         "layers": layers, "linear_sparsity": linear_sparsity(model),
-        **({"profile": profiles} if profiles else {}),
+        **({"profile": profiles} if profiles else {}), "autotune": autotune,
     }
 
 

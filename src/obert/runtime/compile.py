@@ -15,6 +15,7 @@ from torch import nn
 from obert.compression.quant import int8_linears
 from obert.io import weight_scales_of
 
+from .autotune import Autotuner
 from .modules import DenseInt8Linear, FusedPart, FusedProjections, SparseLinear
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
@@ -52,15 +53,21 @@ def _is_exact_gelu(mod: nn.Module) -> bool:
     return type(mod).__name__ == "GELUActivation" and act is nn.functional.gelu
 
 
-def choose(name: str, linear: nn.Linear, dtype: str, max_density: float | None) -> LayerChoice:
+def choose(name: str, linear: nn.Linear, dtype: str, max_density: float | None,
+           tuner: Autotuner | None = None, scale: torch.Tensor | None = None) -> LayerChoice:
+    """Sparse or dense for one Linear: by ``tuner`` (timed on this machine) when given and the
+    layer has zeros at all, else by the density rule (at most ``max_density`` kept)."""
     d1, d4 = weight_stats(linear.weight)
     limit = MAX_DENSITY[dtype] if max_density is None else max_density
     if dtype == "int8":
-        sparse, block, eff = d4 <= limit, 4, d4
+        block, eff = 4, d4
     else:
         # 4-blocks need one index per 4 weights: worth it unless they carry many zeros
         block = 4 if d4 <= 1.3 * d1 else 1
         eff = d4 if block == 4 else d1
+    if tuner is not None and eff < 1.0:
+        sparse = tuner.decide(linear, dtype, block, eff, scale)
+    else:
         sparse = eff <= limit
     engine = f"{'sparse' if sparse else 'dense'}-{dtype}"
     return LayerChoice(name, tuple(linear.weight.shape), 1.0 - d1, d4, engine,
@@ -76,6 +83,8 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     fuse_qkv: bool = True,
     inplace: bool = False,
     weight_scales: dict[str, torch.Tensor] | None = None,
+    autotune: bool = False,
+    tune_tokens: int = 128,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
@@ -87,7 +96,10 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     from a local QAT output folder uses that folder's ``quantization.safetensors``
     (``obert.io.weight_scales_of``), and ``model.obert_trained_scales`` says whether trained
     scales were used. A Linear goes sparse when
-    the fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY).
+    the fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY), or,
+    with ``autotune``, when its sparse kernel beat the dense path in a timing on this machine
+    at ``tune_tokens`` tokens (``obert.runtime.autotune``; cached per machine, torch, ISA and
+    thread count, so only the first compile of a layer kind pays for it).
     The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
     exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
     attention's query/key/value, when all three go sparse, run as one kernel call (`fuse_qkv`).
@@ -107,7 +119,8 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     def layer_dtype(name: str) -> str:
         return "int8" if name in int8 else "fp32"
 
-    choices = _fuse_qkv(model, layer_dtype, max_density, scales) if fuse_qkv else []
+    tuner = Autotuner(tune_tokens) if autotune else None
+    choices = _fuse_qkv(model, layer_dtype, max_density, scales, tuner) if fuse_qkv else []
     parents = dict(model.named_modules())
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
@@ -115,7 +128,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         parent_name, _, attr = name.rpartition(".")
         parent = parents[parent_name] if parent_name else model
         dt = layer_dtype(name)
-        c = choose(name, mod, dt, max_density)
+        c = choose(name, mod, dt, max_density, tuner, scales.get(name))
         act = getattr(parent, "intermediate_act_fn", None)
         fuse = fuse_gelu and attr == "dense" and act is not None and _is_exact_gelu(act)
         how = "gelu" if fuse else "none"
@@ -131,6 +144,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         setattr(parent, attr, new)
         choices.append(c)
     model.obert_layers = choices
+    if tuner is not None:
+        tuner.save()
+        model.obert_autotune = {"cache": str(tuner.path), "timed": tuner.timed}
     return model
 
 
@@ -138,7 +154,8 @@ QKV = ("query", "key", "value")
 
 
 def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
-              scales: dict[str, torch.Tensor]) -> list[LayerChoice]:
+              scales: dict[str, torch.Tensor], tuner: Autotuner | None = None
+              ) -> list[LayerChoice]:
     """Replace query/key/value Linears that all go sparse (in one dtype) by parts of one fused
     kernel call."""
     choices = []
@@ -151,7 +168,8 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
         if len(dts) != 1:
             continue
         dtype = dts.pop()
-        cs = [choose(n, lin, dtype, max_density) for n, lin in zip(names, lins, strict=True)]
+        cs = [choose(n, lin, dtype, max_density, tuner, scales.get(n))
+              for n, lin in zip(names, lins, strict=True)]
         if any(not c.engine.startswith("sparse") for c in cs) or len({c.block for c in cs}) != 1:
             continue
         if len({lin.in_features for lin in lins}) != 1:

@@ -588,3 +588,29 @@ def test_autotune_follows_the_timings_and_caches_them(tiny_model_dir: Path, tmp_
     with torch.inference_mode():
         m9 = _tiny_pruned(tiny_model_dir, 0.9, 1)
         assert (real(input_ids=x).logits - m9(input_ids=x).logits).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_uneven_rows_split_by_nonzeros_give_the_dense_result(isa: str, threads: int) -> None:
+    """Rows from empty to fully dense (as global pruning leaves them), split between threads by
+    their nonzeros: fp32 equals the dense product, INT8 its quantized reference."""
+    rt.set_isa(isa)
+    g = torch.Generator().manual_seed(3)
+    n, k = 70, 96
+    w = torch.randn(n, k, generator=g)
+    keep = torch.zeros(n, k // 4, dtype=torch.bool)
+    for r in range(n):  # row r keeps a share r / n of its 4-blocks: 0% up to ~99%
+        keep[r, torch.randperm(k // 4, generator=g)[: r * (k // 4) // n]] = True
+    w = w * keep.repeat_interleave(4, 1)
+    x = torch.randn(150, k, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        p32, p8 = pack_f32(w, 4), pack_i8(w)
+        y32 = rt.kernels().spmm_f32(x, p32.row_ptr, p32.col, p32.val, 4, n)
+        y8 = rt.kernels().spmm_i8(x, p8.row_ptr, p8.col, p8.wq, p8.sw, p8.wsum, n)
+    finally:
+        torch.set_num_threads(before)
+    assert (y32 - x @ w.t()).abs().max().item() < 1e-4
+    assert (y8 - int8_reference(x, w, None)).abs().max().item() < 1e-3

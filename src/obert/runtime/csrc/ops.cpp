@@ -125,6 +125,42 @@ int64_t check_sparse(const torch::Tensor& row_ptr, const torch::Tensor& col, int
   return nnz;
 }
 
+// The kernels' work items (token tile t, row group g) -> item t * groups + g, split into one
+// contiguous range per thread holding about the same work: the blocks of its groups plus a
+// fixed cost per group (its 16 x T outputs). Global pruning leaves some rows far denser than
+// others, so equal item counts would leave threads waiting on the densest range.
+constexpr int64_t kGroupCost = 16;  // a group's fixed work, in blocks
+
+template <typename F>
+void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, const F& body) {
+  const int64_t items = tiles * groups;
+  const int64_t P = std::min<int64_t>(at::get_num_threads(), items);
+  if (P <= 1) {
+    if (items > 0) body(0, items);
+    return;
+  }
+  const int64_t per_tile = row_ptr[groups * obert::kRowGroup] + groups * kGroupCost;
+  const auto before = [&](int64_t i) {  // work of the items before item i
+    const int64_t t = i / groups, g = i % groups;
+    return t * per_tile + row_ptr[g * obert::kRowGroup] + g * kGroupCost;
+  };
+  const auto first_at = [&](int64_t target) {  // the first item that starts at or after target
+    int64_t lo = 0, hi = items;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (before(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  const int64_t total = tiles * per_tile;
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t i0 = first_at(total * p / P), i1 = p + 1 == P ? items : first_at(total * (p + 1) / P);
+      if (i0 < i1) body(i0, i1);
+    }
+  });
+}
+
 obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
   obert::Out o{y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), nullptr, (int)act};
   if (bias && bias->defined()) {
@@ -162,7 +198,7 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
                        val.data_ptr<float>(), (int)bs};
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
-  at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
+  parallel_balanced(tiles, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
     isa->f32_spmm(xt, Kp, w, o, groups, i0, i1);
   });
   return y;
@@ -198,7 +234,7 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
                       wq.data_ptr<int32_t>(), sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
-  at::parallel_for(0, (Mt / T) * groups, 1, [&](int64_t i0, int64_t i1) {
+  parallel_balanced(Mt / T, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
     isa->i8_spmm(x4, K4, sx, w, o, groups, i0, i1);
   });
   return y;

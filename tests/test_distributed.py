@@ -160,3 +160,28 @@ def test_prune_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
     info = json.loads((tmp_path / "two" / "sparsity.json").read_text())
     assert info["settings"]["world_size"] == 2
     assert [h["step"] for h in info["pruning_steps"]] == [4, 8, 12]
+
+
+def test_mlm_oneshot_on_two_ranks_equals_one(tmp_path, minilm_path, shared_data):
+    """oBERT on the MLM loss under torchrun: each rank draws the same masked batches as one
+    process would (seeded collator), so the masks and weights match one process."""
+    import json
+
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    model = tmp_path / "tiny-mlm"
+    BertForMaskedLM(config).save_pretrained(model)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(model)
+    squad = json.loads((shared_data / "squad" / "dev-v1.1.json").read_text())["data"]
+    text = [" ".join(p["context"].split()) for p in squad[0]["paragraphs"][:30]]
+    (tmp_path / "corpus.txt").write_text("\n".join(text) + "\n")
+    args = ["oneshot", "--model", str(model), "--task", "mlm", "--train-file",
+            str(tmp_path / "corpus.txt"), "--max-seq-length", "32", "--sparsity", "0.6",
+            "--num-grads", "7", "--grad-batch-size", "4", "--fisher-block-size", "16", "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "one")]) == 0
+    proc = torchrun([*args, "--output", str(tmp_path / "two")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same(tmp_path / "one", tmp_path / "two", atol=1e-6)

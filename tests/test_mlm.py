@@ -186,7 +186,8 @@ distillation: {hardness: 1.0, temperature: 5.5}
     res = json.loads((up / "eval_results.json").read_text())
     assert {"accuracy", "perplexity", "loss"} <= set(res)
     logged = [json.loads(x) for x in (up / "metrics.jsonl").read_text().splitlines()]
-    assert any("eval_perplexity" in r for r in logged)
+    evals = [r["step"] for r in logged if "eval_perplexity" in r]
+    assert evals and len(evals) == len(set(evals))  # one dev pass per step, epoch ends too
 
     before = _targets(up)
     out = tmp_path / "transfer"

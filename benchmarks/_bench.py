@@ -64,9 +64,11 @@ def run_jobs(jobs: list[dict], work: Path, parallel: int, threads: int, reuse: b
 
     pending, active, done, walls = list(jobs), [], set(), {}
     while pending or active:
-        ready = [j for j in pending if j["after"] is None or j["after"] in done]
-        while ready and len(active) < parallel:
-            j = ready.pop(0)
+        while len(active) < parallel:  # ready re-read after each reuse: it may free others
+            ready = [j for j in pending if j["after"] is None or j["after"] in done]
+            if not ready:
+                break
+            j = ready[0]
             pending.remove(j)
             if reuse and (work / j["name"] / "sparsity.json").is_file():
                 log(f"reuse {j['name']}")

@@ -144,7 +144,7 @@ def all_jobs(a, work: Path, corpus: Path, mlm: Path, teachers: dict[str, Path]) 
             up = f"up-{method}-{int(s * 100)}"
             for task in TASKS:
                 add(f"{up}-{task}", transfer_recipe(a, str(teachers[task])), work / up, task, up)
-    for s in SPARSITIES:
+    for s in a.down_sparsities:
         for task in TASKS:
             add(f"down-obert-{int(s * 100)}-{task}",
                 downstream_recipe(a, s, str(teachers[task])), teachers[task], task, None)
@@ -269,6 +269,8 @@ def main() -> None:
                    help="upstream: score the dev text every N steps (a pass costs ~1 min)")
     p.add_argument("--grad-batch", type=int, default=4)
     p.add_argument("--damp", type=float, default=1e-7)
+    p.add_argument("--down-sparsities", type=float, nargs="+", default=[0.9],
+                   help="downstream references to run (the goals are at 90%%)")
     p.add_argument("--down-grads", type=int, default=64,
                    help="downstream oBERT: Fisher gradients per step (gradual.py uses 256)")
     p.add_argument("--head-epochs", type=float, default=2.0)

@@ -28,7 +28,7 @@ if os.environ.get("OBERT_SKIP_KERNELS") != "1":
               "first use (install with --no-build-isolation to build them now)", file=sys.stderr)
     else:
         ext_modules = [CppExtension("obert.runtime._kernels", SOURCES, extra_compile_args=CFLAGS,
-                                    depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiling.h"])]
+                                    depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiling.h", f"{CSRC}/attention.h"])]
         cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -5,6 +5,13 @@ Activations: symmetric per token (dynamic), s_x[m] = max_k |x[m, k]| / 127,
              x_q = round(x · 127 / max|x[m]|) ∈ [−127, 127].
 Output:      y[m, n] = s_w[n] · s_x[m] · Σ_k x_q[m, k] · W_q[n, k] + b[n]   (the sum exact in int32).
 
+Attention (``int8_attention``), per sequence and head, q/k/v [L, D]:
+             s_q[i] = max|q[i]|/127, s_k[j] = max|k[j]|/127 (per token), s_v[d] = max_j |v[j, d]|/127
+             (per head dimension, over the keys);
+             z[i, j] = scaling · s_q[i] · s_k[j] · Σ_d q_q[i, d] k_q[j, d] + mask[i, j];
+             P_q[i, j] = round(255 · exp(z[i, j] − max_j z[i, :])) ∈ [0, 255];
+             out[i, d] = s_v[d] / Σ_j P_q[i, j] · Σ_j P_q[i, j] v_q[j, d].
+
 Rounding is half to even (torch.round; the kernels' std::nearbyint). The runtime's packing
 (``obert.runtime.pack``) takes ``quantize_rows`` from here, and ``FakeQuantLinear`` computes the
 same numbers in float with a straight-through estimator for training.
@@ -89,6 +96,110 @@ class FakeQuantLinear(nn.Linear):
         return nn.functional.linear(ste(x, fake_quant_tokens(x)), w, self.bias)
 
 
+def _ste_exact(x: Tensor, q: Tensor) -> Tensor:
+    """Exactly the value of ``q`` (x − x is 0 in float), the gradient of ``x``."""
+    return x - x.detach() + q
+
+
+def _quant_sym(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 along ``dim`` as float: (x_q, s) with x ≈ s · x_q; x_q carries the
+    gradient of x / s (straight through), s none."""
+    amax = x.detach().abs().amax(dim, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
+    xn = x * inv
+    return _ste_exact(xn, torch.round(xn.detach()).clamp_(-QMAX, QMAX)), amax / QMAX
+
+
+def int8_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                   scaling: float = 1.0, dropout: float = 0.0) -> Tensor:
+    """Self-attention in obert's INT8 scheme (module docstring): q, k, v [B, H, L, D];
+    ``mask`` broadcastable to [B, H, L, L], bool (True: attend) or additive float; returns
+    [B, H, L, D]. The numbers the runtime's attention kernel computes, exactly (the integer
+    sums are exact in float32 below 2^24: D · 127² for QKᵀ, L · 255 · 127 for P·V, L ≤ 518);
+    with straight-through gradients for QAT, where ``dropout`` (training only) drops
+    probabilities as transformers does. A row with every key masked out gives zeros."""
+    qq, sq = _quant_sym(q.float(), -1)  # [B, H, L, 1]
+    kq, sk = _quant_sym(k.float(), -1)
+    vq, sv = _quant_sym(v.float(), -2)  # scales [B, H, 1, D]
+    c = sq * torch.tensor(scaling, dtype=torch.float32)
+    z = (qq @ kq.transpose(-1, -2)) * c * sk.transpose(-1, -2)
+    if mask is not None:
+        z = z.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else z + mask
+    zmax = z.detach().amax(-1, keepdim=True)
+    e = 255 * torch.exp(z - torch.where(torch.isinf(zmax), torch.zeros_like(zmax), zmax))
+    p = _ste_exact(e, torch.round(e.detach()))
+    psum = p.sum(-1, keepdim=True)
+    inv = torch.where(psum > 0, 1 / psum.clamp_min(1), torch.zeros_like(psum))
+    if dropout > 0:
+        p = nn.functional.dropout(p, dropout, training=True)
+    return (p @ vq) * sv * inv
+
+
+QAT_ATTENTION = "obert_int8"
+
+
+def _qat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                   attention_mask: Tensor | None, scaling: float | None = None,
+                   dropout: float = 0.0, **kwargs) -> tuple[Tensor, None]:
+    """transformers' attention-function signature around ``int8_attention``; returns
+    [B, L, H, D] as its own implementations do."""
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    out = int8_attention(query, key, value, attention_mask, scale,
+                         dropout if module.training else 0.0)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def simulate_int8_attention(model: nn.Module, on: bool = True) -> bool:
+    """Make ``model``'s attention compute ``int8_attention`` (QAT), or give back the
+    implementation it had; registered with transformers' AttentionInterface (with sdpa's mask).
+    Returns False, changing nothing, for a model that cannot switch its attention."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "set_attn_implementation"):
+        return False
+    AttentionInterface.register(QAT_ATTENTION, _qat_attention)
+    AttentionMaskInterface.register(QAT_ATTENTION, sdpa_mask)
+    current = config._attn_implementation
+    if on and current != QAT_ATTENTION:
+        model.obert_attn_before = current
+        model.set_attn_implementation(QAT_ATTENTION)
+    elif not on and current == QAT_ATTENTION:
+        model.set_attn_implementation(getattr(model, "obert_attn_before", None) or "sdpa")
+    return True
+
+
+def int8_attention_bound(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                         scaling: float = 1.0) -> Tensor:
+    """An upper bound on |int8_attention − fp32 attention| per output element [B, H, L, D],
+    from rounding alone (each rounded value is within half a step):
+
+    logits:  ε_i = scaling · max_j (s_k[j]/2 · ‖q_i‖₁ + s_q[i]/2 · ‖k_q[j]‖₁ · s_k[j]);
+    softmax: exp(±2ε) moves each probability by at most a factor, Σ_j |p'−p| ≤ e^{2ε} − 1;
+    P to 8 bits: Σ_j |p̂−p'| ≤ n / Σ_j P_q, Σ_j P_q ≥ 255 · e^{−2ε} · Σ_j exp(z_j − max z) − n/2,
+             n the keys left unmasked;
+    values:  s_v[d]/2, and Σ_j |p̂ − p| · max_j |v[j, d]|."""
+    q, k, v = q.float(), k.float(), v.float()
+    _, sq = _quant_sym(q, -1)
+    kq, sk = _quant_sym(k, -1)
+    _, sv = _quant_sym(v, -2)
+    eps = scaling * (sk.transpose(-1, -2) / 2 * q.abs().sum(-1, keepdim=True)
+                     + sq / 2 * (kq.abs().sum(-1) * sk[..., 0])[..., None, :])  # [B, H, L, L]
+    z = (q @ k.transpose(-1, -2)) * scaling
+    keep = torch.ones_like(z, dtype=torch.bool)
+    if mask is not None:
+        keep = keep & mask if mask.dtype == torch.bool else keep & (mask > -1e30)
+        z = z.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else z + mask
+    eps = eps.masked_fill(~keep, 0).amax(-1, keepdim=True)
+    n = keep.sum(-1, keepdim=True).float()
+    zsum = torch.exp(z - z.amax(-1, keepdim=True)).nan_to_num(0).sum(-1, keepdim=True)
+    psum_lo = (255 * torch.exp(-2 * eps) * zsum - n / 2).clamp_min(1.0)
+    tv = torch.expm1(2 * eps) + n / psum_lo  # Σ_j |p̂ − p|
+    vmax = v.abs().amax(-2, keepdim=True)
+    return tv * vmax + sv / 2
+
+
 # --- which layers, and QAT in and out -------------------------------------------------------
 
 
@@ -110,20 +221,24 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def prepare_qat(model: nn.Module) -> list[str]:
-    """Replace every INT8 Linear by a ``FakeQuantLinear`` on the same parameters (in place);
-    returns their names. Idempotent."""
+    """Replace every INT8 Linear by a ``FakeQuantLinear`` on the same parameters and make the
+    attention compute ``int8_attention`` (in place), as ``obert.runtime.compile`` deploys
+    them; returns the Linears' names. Idempotent."""
     names = []
     for name, lin in int8_linears(model).items():
         if not isinstance(lin, FakeQuantLinear):
             _swap(model, name, FakeQuantLinear.from_linear(lin))
         names.append(name)
+    simulate_int8_attention(model, True)
     return names
 
 
 @torch.no_grad()
 def convert_qat(model: nn.Module) -> dict[str, Tensor]:
     """Back to plain Linears whose weights are exactly the dequantized INT8 values s_w·W_q
-    (zeros stay zeros); returns the weight scales s_w by module name."""
+    (zeros stay zeros), and the attention it had before; returns the weight scales s_w by
+    module name."""
+    simulate_int8_attention(model, False)
     scales = {}
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, FakeQuantLinear):

@@ -16,7 +16,7 @@ from obert.compression.quant import int8_linears
 from obert.io import weight_scales_of
 
 from .autotune import Autotuner
-from .modules import DenseInt8Linear, FusedPart, FusedProjections, SparseLinear
+from .modules import DenseInt8Linear, FusedPart, FusedProjections, Int8SelfAttention, SparseLinear
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
 # machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs dense int8.
@@ -85,6 +85,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     weight_scales: dict[str, torch.Tensor] | None = None,
     autotune: bool = False,
     tune_tokens: int = 128,
+    int8_attention: bool = True,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
@@ -103,6 +104,10 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
     exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
     attention's query/key/value, when all three go sparse, run as one kernel call (`fuse_qkv`).
+    With dtype "int8", each BERT-style self-attention also runs QKᵀ and P·V in INT8
+    (``Int8SelfAttention``, ``obert.compression.quant.int8_attention``) unless
+    ``int8_attention`` is False; its projections are one kernel call when they share an engine.
+    The converted attention modules are named in `model.obert_attention`.
     """
     if dtype not in MAX_DENSITY:
         raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
@@ -120,7 +125,13 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         return "int8" if name in int8 else "fp32"
 
     tuner = Autotuner(tune_tokens) if autotune else None
-    choices = _fuse_qkv(model, layer_dtype, max_density, scales, tuner) if fuse_qkv else []
+    choices: list[LayerChoice] = []
+    model.obert_attention = []
+    if dtype == "int8" and int8_attention:
+        choices += _int8_attention(model, int8, max_density, scales, tuner, fuse_qkv)
+        model.obert_attention = sorted({c.name.rpartition(".")[0] for c in choices})
+    if fuse_qkv:
+        choices += _fuse_qkv(model, layer_dtype, max_density, scales, tuner)
     parents = dict(model.named_modules())
     for name, mod in list(model.named_modules()):
         if not isinstance(mod, nn.Linear):
@@ -190,6 +201,70 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
         for i, (a, c) in enumerate(zip(QKV, cs, strict=True)):
             setattr(parent, a, FusedPart(fused, i))
             c.qkv_fused = True
+        choices += cs
+    return choices
+
+
+def _is_self_attention(mod: nn.Module) -> bool:
+    """A transformers encoder self-attention that Int8SelfAttention can stand in for."""
+    return (type(mod).__name__.endswith("SelfAttention")
+            and all(isinstance(getattr(mod, a, None), nn.Linear) for a in QKV)
+            and isinstance(getattr(mod, "num_attention_heads", None), int)
+            and isinstance(getattr(mod, "attention_head_size", None), int)
+            and isinstance(getattr(mod, "scaling", None), float)
+            and not getattr(mod, "is_decoder", False) and not getattr(mod, "is_causal", False)
+            and getattr(mod, "position_embedding_type", "absolute") == "absolute")
+
+
+def _concat(lins: list[nn.Linear]) -> nn.Linear:
+    """One Linear whose output is the outputs of ``lins`` side by side."""
+    weight = torch.cat([lin.weight.detach() for lin in lins])
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=any(lin.bias is not None for lin in lins))
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if new.bias is not None:
+            new.bias.copy_(torch.cat([lin.bias.detach() if lin.bias is not None
+                                      else torch.zeros(lin.out_features) for lin in lins]))
+    return new
+
+
+def _int8_attention(model: nn.Module, int8: set[str], max_density: float | None,
+                    scales: dict[str, torch.Tensor], tuner: Autotuner | None,
+                    fuse: bool) -> list[LayerChoice]:
+    """Replace each self-attention whose projections are all INT8 by an Int8SelfAttention;
+    the projections become one kernel call when they share an engine (and ``fuse``)."""
+    choices = []
+    parents = dict(model.named_modules())
+    for name, mod in list(model.named_modules()):
+        if not _is_self_attention(mod):
+            continue
+        names = [f"{name}.{a}" if name else a for a in QKV]
+        if not all(n in int8 for n in names):
+            continue
+        lins = [getattr(mod, a) for a in QKV]
+        cs = [choose(n, lin, "int8", max_density, tuner, scales.get(n))
+              for n, lin in zip(names, lins, strict=True)]
+        heads, size = mod.num_attention_heads, mod.attention_head_size
+        engines = {c.engine for c in cs}
+        if fuse and len(engines) == 1:
+            scale = None
+            if any(n in scales for n in names):
+                scale = torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
+                                   for n, lin in zip(names, lins, strict=True)])
+            both = _concat(lins)
+            proj = (SparseLinear.from_linear(both, "int8", 4, scale=scale)
+                    if engines == {"sparse-int8"} else DenseInt8Linear(both, scale=scale))
+            new = Int8SelfAttention(heads, size, mod.scaling, qkv=proj)
+            for c in cs:
+                c.qkv_fused = True
+        else:
+            parts = [SparseLinear.from_linear(lin, "int8", 4, scale=scales.get(n))
+                     if c.engine == "sparse-int8" else DenseInt8Linear(lin, scale=scales.get(n))
+                     for n, lin, c in zip(names, lins, cs, strict=True)]
+            new = Int8SelfAttention(heads, size, mod.scaling, query=parts[0], key=parts[1],
+                                    value=parts[2])
+        parent_name, _, attr = name.rpartition(".")
+        setattr(parents[parent_name] if parent_name else model, attr, new)
         choices += cs
     return choices
 

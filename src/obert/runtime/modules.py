@@ -163,6 +163,47 @@ class DenseInt8Linear(nn.Module):
                 f"act={self.act}")
 
 
+class Int8SelfAttention(nn.Module):
+    """A BERT-style self-attention (transformers' ``*SelfAttention``) whose QKᵀ, softmax and
+    P·V run in obert's INT8 scheme on obert's kernel (``obert.compression.quant.int8_attention``,
+    what QAT simulates), reading the projections' outputs in place: no per-head copies.
+
+    ``qkv`` is one module for the three projections (output [tokens, 3 · hidden]) when they share
+    an engine, else ``query``, ``key``, ``value`` are separate. Returns (output, None) as
+    transformers' attention does without attention weights; the mask is the one transformers
+    builds for its attention implementation (None, bool or additive float [B, 1, L, L]).
+    """
+
+    def __init__(self, heads: int, head_dim: int, scaling: float, qkv: nn.Module | None = None,
+                 query: nn.Module | None = None, key: nn.Module | None = None,
+                 value: nn.Module | None = None):
+        super().__init__()
+        if (qkv is None) == (query is None or key is None or value is None):
+            raise ValueError("give either qkv or all of query, key and value")
+        self.heads, self.head_dim, self.scaling = heads, head_dim, float(scaling)
+        self.hidden = heads * head_dim
+        self.qkv, self.query, self.key, self.value = qkv, query, key, value
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                *args, **kwargs) -> tuple[torch.Tensor, None]:
+        b, length = hidden_states.shape[:2]
+        x = hidden_states.reshape(b * length, -1)
+        if self.qkv is not None:
+            y = self.qkv(x)
+            q, k, v = y[:, :self.hidden], y[:, self.hidden:2 * self.hidden], y[:, 2 * self.hidden:]
+        else:
+            q, k, v = self.query(x), self.key(x), self.value(x)
+        mask = attention_mask
+        if mask is not None and mask.dtype not in (torch.bool, torch.float32):
+            mask = mask.float()
+        out = kernels().attention_i8(q.float(), k.float(), v.float(), b, self.heads, mask,
+                                     self.scaling)
+        return out.view(b, length, self.hidden), None
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_dim={self.head_dim}, int8 QK^T and P.V"
+
+
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """Dense INT8 PyTorch, the baseline a user would reach for: every nn.Linear to dynamic int8."""
     with warnings.catch_warnings():

@@ -19,7 +19,12 @@
 //   int8: x4[tile][K/4][T][4]    uint8 = int8 + 128, 4 consecutive inputs of a token together,
 //         with the per-token scale sx[m] = max|x[m,:]| / 127.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
 
 namespace obert {
 
@@ -47,6 +52,25 @@ struct Out {
   int act;            // 0: none, 1: GELU (erf)
 };
 
+// Self-attention in INT8 (obert.compression.quant.int8_attention is the reference): for batch b
+// and head h, with q, k, v the head's D columns of L consecutive rows,
+//   s[i, j] = scaling * s_q[i] * s_k[j] * sum_d q_q[i, d] k_q[j, d] + mask[i, j]
+//   p_q[i, j] = round(255 * exp(s[i, j] - max_j s[i, :]))          (uint8)
+//   out[i, d] = s_v[d] / sum_j p_q[i, j] * sum_j p_q[i, j] v_q[j, d]
+// q and k per row (token and head), v per column (head dimension, over the keys): symmetric int8,
+// the sums exact in int32. A row whose keys are all masked out (-inf) gives zeros.
+struct Attn {
+  const float *q, *k, *v;  // [B * L][ld*]; head h at columns h * D .. h * D + D - 1
+  int64_t ldq, ldk, ldv;
+  int64_t B, L, H, D;
+  const float* fmask;    // additive (0 / -inf or a large negative), or null
+  const uint8_t* bmask;  // 1: attend, 0: masked out, or null
+  int64_t mb, mh, mq;    // mask strides over batch, head, query (keys contiguous)
+  float scaling;
+  float* out;  // [B * L][ldo], head h at columns h * D ..
+  int64_t ldo;
+};
+
 struct Isa {
   const char* name;
   int tok_tile;  // tokens per work item (a multiple of 16)
@@ -56,11 +80,14 @@ struct Isa {
   // y for token tile t and row group g, items [i0, i1) with item = t * n_groups + g
   void (*f32_spmm)(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t n_groups,
                    int64_t i0, int64_t i1);
-  // per-token quantisation of tokens [m0, m1) into x4 and sx (tokens >= M are zero)
+  // per-token quantisation of tokens [m0, m1) (multiples of 16) into x4 and sx (tokens >= M
+  // are zero)
   void (*i8_prepare)(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* x4, float* sx,
                      int64_t m0, int64_t m1);
   void (*i8_spmm)(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, const Out& o,
                   int64_t n_groups, int64_t i0, int64_t i1);
+  // heads bh in [bh0, bh1), bh = b * H + h
+  void (*i8_attention)(const Attn& a, int64_t bh0, int64_t bh1);
 };
 
 const Isa* isa_scalar();

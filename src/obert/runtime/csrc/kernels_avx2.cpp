@@ -222,7 +222,157 @@ void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, cons
   }
 }
 
-const Isa kAvx2 = {"avx2", kTok, f32_prepare, f32_spmm, i8_prepare, i8_spmm};
+// --- attention primitives (attention.h) ---------------------------------------------------
+
+float att_absmax(const float* x, int64_t n) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 mx = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8)
+    mx = _mm256_max_ps(mx, _mm256_and_ps(absmask, _mm256_maskload_ps(x + i, lane_mask(n - i))));
+  alignas(32) float l[8];
+  _mm256_store_ps(l, mx);
+  float m = 0.0f;
+  for (int i = 0; i < 8; ++i) m = l[i] > m ? l[i] : m;
+  return m;
+}
+
+void att_quant(const float* x, int64_t n, float inv, const float* inv_col, int8_t* dst) {
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i km = lane_mask(n - i);
+    const __m256 sc = inv_col ? _mm256_maskload_ps(inv_col + i, km) : iv;
+    __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_maskload_ps(x + i, km), sc));
+    q = _mm256_min_epi32(_mm256_max_epi32(q, _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    alignas(16) int8_t b[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(b), _mm_packs_epi16(w, w));
+    std::memcpy(dst + i, b, n - i < 8 ? n - i : 8);
+  }
+}
+
+inline int32_t load4(const void* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// s[r][j0 .. j0 + 8 NB): the sign trick as in i8_tile (both sides in [-127, 127], exact)
+template <int NQ, int NB>
+inline void qk_block(const int8_t* q, int64_t Dp, const int8_t* k4, int64_t Lp, int64_t j0,
+                     int32_t* s) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[NQ][NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int bb = 0; bb < NB; ++bb) acc[r][bb] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < Dp / 4; ++g) {
+    __m256i ka[NB], kv[NB];
+    for (int bb = 0; bb < NB; ++bb) {
+      kv[bb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k4 + (g * Lp + j0 + 8 * bb) * 4));
+      ka[bb] = _mm256_abs_epi8(kv[bb]);
+    }
+    for (int r = 0; r < NQ; ++r) {
+      const __m256i qb = _mm256_set1_epi32(load4(q + r * Dp + 4 * g));
+      for (int bb = 0; bb < NB; ++bb)
+        acc[r][bb] = _mm256_add_epi32(
+            acc[r][bb], _mm256_madd_epi16(_mm256_maddubs_epi16(ka[bb], _mm256_sign_epi8(qb, kv[bb])), ones));
+    }
+  }
+  for (int r = 0; r < NQ; ++r)
+    for (int bb = 0; bb < NB; ++bb)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + r * Lp + j0 + 8 * bb), acc[r][bb]);
+}
+
+template <int NQ>
+void att_qk(const int8_t* q, int64_t Dp, const int8_t* k4, const int32_t*, int64_t Lp, int32_t* s) {
+  int64_t j0 = 0;
+  for (; j0 + 32 <= Lp; j0 += 32) qk_block<NQ, 4>(q, Dp, k4, Lp, j0, s);
+  if (j0 < Lp) qk_block<NQ, 2>(q, Dp, k4, Lp, j0, s);  // Lp is a multiple of 16
+}
+
+int32_t att_softmax(float* f, int64_t Lp, uint8_t* p) {
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < Lp; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(f + j));
+  alignas(32) float l[8];
+  _mm256_store_ps(l, mx);
+  float m = -INFINITY;
+  for (int i = 0; i < 8; ++i) m = l[i] > m ? l[i] : m;
+  if (m == -INFINITY) {
+    std::memset(p, 0, Lp);
+    return 0;
+  }
+  const __m256 mv = _mm256_set1_ps(m), k255 = _mm256_set1_ps(255.0f);
+  __m256i sum = _mm256_setzero_si256();
+  for (int64_t j = 0; j < Lp; j += 8) {
+    const __m256i q = _mm256_cvtps_epi32(
+        _mm256_mul_ps(exp_neg(_mm256_sub_ps(_mm256_loadu_ps(f + j), mv)), k255));
+    sum = _mm256_add_epi32(sum, q);
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p + j), _mm_packus_epi16(w, w));
+  }
+  alignas(32) int32_t t[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), sum);
+  int32_t total = 0;
+  for (int i = 0; i < 8; ++i) total += t[i];
+  return total;
+}
+
+// o[r][d0 .. d0 + 8 NB): p in [0, 255] would saturate vpmaddubsw's 16-bit pair sums, so it is
+// split as p = lo + 128 hi (lo < 128, hi in {0, 1}): both products stay exact.
+template <int NQ, int NB>
+inline void pv_block(const uint8_t* p, int64_t Lp, const int8_t* v4, int64_t Dp, int64_t d0,
+                     int32_t* o) {
+  const __m256i ones = _mm256_set1_epi16(1), low7 = _mm256_set1_epi8(0x7F),
+                bit0 = _mm256_set1_epi8(1);
+  __m256i acc[NQ][NB];
+  for (int r = 0; r < NQ; ++r)
+    for (int bb = 0; bb < NB; ++bb) acc[r][bb] = _mm256_setzero_si256();
+  for (int64_t jg = 0; jg < Lp / 4; ++jg) {
+    __m256i vv[NB];
+    for (int bb = 0; bb < NB; ++bb)
+      vv[bb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v4 + (jg * Dp + d0 + 8 * bb) * 4));
+    for (int r = 0; r < NQ; ++r) {
+      const __m256i pb = _mm256_set1_epi32(load4(p + r * Lp + 4 * jg));
+      const __m256i lo = _mm256_and_si256(pb, low7);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(pb, 7), bit0);
+      for (int bb = 0; bb < NB; ++bb) {
+        const __m256i a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, vv[bb]), ones);
+        const __m256i b = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, vv[bb]), ones);
+        acc[r][bb] = _mm256_add_epi32(acc[r][bb], _mm256_add_epi32(a, _mm256_slli_epi32(b, 7)));
+      }
+    }
+  }
+  for (int r = 0; r < NQ; ++r)
+    for (int bb = 0; bb < NB; ++bb)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r * Dp + d0 + 8 * bb), acc[r][bb]);
+}
+
+template <int NQ>
+void att_pv(const uint8_t* p, int64_t Lp, const int8_t* v4, int64_t Dp, int32_t* o) {
+  int64_t d0 = 0;
+  for (; d0 + 32 <= Dp; d0 += 32) pv_block<NQ, 4>(p, Lp, v4, Dp, d0, o);
+  if (d0 < Dp) pv_block<NQ, 2>(p, Lp, v4, Dp, d0, o);  // Dp is a multiple of 16
+}
+
+// 4 rows of Dp bytes (Dp a multiple of 16) -> [Dp][4]: the 4 keys of each column together
+void att_interleave4(const int8_t* rows, int64_t Dp, int8_t* dst) {
+  for (int64_t d = 0; d < Dp; d += 16) {
+    const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + d));
+    const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + Dp + d));
+    const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + 2 * Dp + d));
+    const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + 3 * Dp + d));
+    const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpacklo_epi8(r2, r3);
+    const __m128i c = _mm_unpackhi_epi8(r0, r1), e = _mm_unpackhi_epi8(r2, r3);
+    __m128i* out = reinterpret_cast<__m128i*>(dst + d * 4);
+    _mm_storeu_si128(out, _mm_unpacklo_epi16(a, b));
+    _mm_storeu_si128(out + 1, _mm_unpackhi_epi16(a, b));
+    _mm_storeu_si128(out + 2, _mm_unpacklo_epi16(c, e));
+    _mm_storeu_si128(out + 3, _mm_unpackhi_epi16(c, e));
+  }
+}
+
+#include "attention.h"
+
+const Isa kAvx2 = {"avx2", kTok, f32_prepare, f32_spmm, i8_prepare, i8_spmm, i8_attention};
 
 }  // namespace
 }  // namespace obert

@@ -90,7 +90,79 @@ void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, cons
   }
 }
 
-const Isa kScalar = {"scalar", kTok, f32_prepare, f32_spmm, i8_prepare, i8_spmm};
+// --- attention primitives (attention.h) ---------------------------------------------------
+
+float att_absmax(const float* x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) m = std::fmax(m, std::fabs(x[i]));
+  return m;
+}
+
+void att_quant(const float* x, int64_t n, float inv, const float* inv_col, int8_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float q = std::nearbyint(x[i] * (inv_col ? inv_col[i] : inv));
+    dst[i] = (int8_t)std::fmin(127.0f, std::fmax(-127.0f, q));
+  }
+}
+
+template <int NQ>
+void att_qk(const int8_t* q, int64_t Dp, const int8_t* k4, const int32_t*, int64_t Lp, int32_t* s) {
+  for (int r = 0; r < NQ; ++r)
+    for (int64_t j = 0; j < Lp; ++j) {
+      int32_t acc = 0;
+      for (int64_t d = 0; d < Dp; ++d) acc += (int32_t)q[r * Dp + d] * k4[((d / 4) * Lp + j) * 4 + d % 4];
+      s[r * Lp + j] = acc;
+    }
+}
+
+int32_t att_softmax(float* f, int64_t Lp, uint8_t* p) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < Lp; ++j) m = std::fmax(m, f[j]);
+  if (m == -INFINITY) {
+    std::memset(p, 0, Lp);
+    return 0;
+  }
+  int32_t sum = 0;
+  for (int64_t j = 0; j < Lp; ++j) {
+    p[j] = (uint8_t)std::nearbyint(255.0f * std::exp(f[j] - m));
+    sum += p[j];
+  }
+  return sum;
+}
+
+template <int NQ>
+void att_pv(const uint8_t* p, int64_t Lp, const int8_t* v4, int64_t Dp, int32_t* o) {
+  for (int r = 0; r < NQ; ++r)
+    for (int64_t d = 0; d < Dp; ++d) {
+      int32_t acc = 0;
+      for (int64_t j = 0; j < Lp; ++j) acc += (int32_t)p[r * Lp + j] * v4[((j / 4) * Dp + d) * 4 + j % 4];
+      o[r * Dp + d] = acc;
+    }
+}
+
+// with_u for the attention driver (tiling.h is not used by the scalar kernels)
+template <int U>
+struct Const {
+  static constexpr int value = U;
+};
+template <typename F>
+inline void with_u(int U, F&& f) {
+  switch (U) {
+    case 1: f(Const<1>{}); break;
+    case 2: f(Const<2>{}); break;
+    case 3: f(Const<3>{}); break;
+    default: f(Const<4>{}); break;
+  }
+}
+
+void att_interleave4(const int8_t* rows, int64_t Dp, int8_t* dst) {
+  for (int64_t d = 0; d < Dp; ++d)
+    for (int r = 0; r < 4; ++r) dst[d * 4 + r] = rows[r * Dp + d];
+}
+
+#include "attention.h"
+
+const Isa kScalar = {"scalar", kTok, f32_prepare, f32_spmm, i8_prepare, i8_spmm, i8_attention};
 
 }  // namespace
 

@@ -161,6 +161,17 @@ void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, co
   });
 }
 
+// The kernels write y in strips of 16 outputs for 64 tokens at once: 64 rows a row stride
+// apart. When that stride is a multiple of 2 KiB (N = 512, 1024, 1536, 3072, ...) the rows map
+// to a few cache sets and evict each other (FFN outputs took 2x longer than N + 16). Such
+// outputs get 16 floats of padding per row: the result is y[:, :N] of a [M, N + 16] tensor,
+// a view with unit inner stride, which the next kernel call and torch ops read as it is.
+torch::Tensor new_output(int64_t M, int64_t N, const torch::Tensor& x) {
+  if (N > 0 && (N * 4) % 2048 == 0)
+    return torch::empty({M, N + 16}, x.options()).narrow(1, 0, N);
+  return torch::empty({M, N}, x.options());
+}
+
 obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
   obert::Out o{y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), nullptr, (int)act};
   if (bias && bias->defined()) {
@@ -183,7 +194,7 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
               "val must be float32 with nnz * bs = ", nnz * bs, " values, not ", val.numel());
   const Isa* isa = current().load();
   const int64_t M = x.size(0), K = x.size(1), T = isa->tok_tile, tiles = (M + T - 1) / T;
-  auto y = torch::empty({M, N}, x.options());
+  auto y = new_output(M, N, x);
   if (M == 0) return y;
   // 4-blocks may reach up to 3 columns past K: those rows of each tile are zero.
   const int64_t Kp = (K + 3) / 4 * 4;
@@ -221,14 +232,15 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
   const Isa* isa = current().load();
   const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
   const int64_t Mt = (M + T - 1) / T * T;  // tokens in whole tiles
-  auto y = torch::empty({M, N}, x.options());
+  auto y = new_output(M, N, x);
   if (M == 0) return y;
   uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
   float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
-  at::parallel_for(0, Mt, 4, [&](int64_t m0, int64_t m1) {
-    isa->i8_prepare(xp, M, K, ldx, x4, sx, m0, m1);
+  // in whole blocks of 16 tokens (the vector prepares lay out 16 tokens per store)
+  at::parallel_for(0, Mt / 16, 1, [&](int64_t b0, int64_t b1) {
+    isa->i8_prepare(xp, M, K, ldx, x4, sx, b0 * 16, b1 * 16);
   });
   const obert::SpI8 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                       wq.data_ptr<int32_t>(), sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
@@ -238,6 +250,57 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
     isa->i8_spmm(x4, K4, sx, w, o, groups, i0, i1);
   });
   return y;
+}
+
+// INT8 self-attention (kernels.h: Attn) on the projections' outputs as they are: q, k and v
+// are [batch * L, heads * D] views with unit inner stride (e.g. slices of one fused
+// query/key/value output), the result a new [batch * L, heads * D] tensor. The mask is what
+// transformers passes to attention: [batch or 1, heads or 1, L, L], bool (True: attend) or
+// float (added to the scores); None for none.
+torch::Tensor attention_i8(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           int64_t batch, int64_t heads, const c10::optional<torch::Tensor>& mask,
+                           double scaling) {
+  for (const auto* t : {&q, &k, &v})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == torch::kFloat32 && t->dim() == 2 &&
+                    t->stride(1) == 1 && t->stride(0) >= t->size(1),
+                "attention takes CPU float32 [batch * length, heads * head_dim] query, key and "
+                "value with unit inner stride");
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "query, key and value must have one shape, not ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
+  TORCH_CHECK(batch > 0 && heads > 0 && q.size(0) % batch == 0 && q.size(1) % heads == 0,
+              "rows (", q.size(0), ") must split into ", batch, " sequences and columns (",
+              q.size(1), ") into ", heads, " heads");
+  const int64_t L = q.size(0) / batch, D = q.size(1) / heads;
+  TORCH_CHECK(D <= kMaxK8, "head size ", D, " is too large for int32 sums");
+  TORCH_CHECK(L <= 8388607, "sequence length ", L, " is too large for int32 sums");
+  obert::Attn a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                q.stride(0), k.stride(0), v.stride(0), batch, L, heads, D,
+                nullptr, nullptr, 0, 0, 0, (float)scaling, nullptr, 0};
+  torch::Tensor m;
+  if (mask && mask->defined()) {
+    m = *mask;
+    TORCH_CHECK(m.device().is_cpu() && m.dim() == 4 && (m.size(0) == batch || m.size(0) == 1) &&
+                    (m.size(1) == heads || m.size(1) == 1) && m.size(2) == L && m.size(3) == L,
+                "attention mask must be [batch or 1, heads or 1, ", L, ", ", L, "], not ",
+                m.sizes());
+    TORCH_CHECK(m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat32,
+                "attention mask must be bool (True: attend) or float32 (added to the scores)");
+    if (m.stride(3) != 1) m = m.contiguous();
+    a.mb = m.size(0) == 1 ? 0 : m.stride(0);
+    a.mh = m.size(1) == 1 ? 0 : m.stride(1);
+    a.mq = m.stride(2);
+    if (m.scalar_type() == torch::kBool)
+      a.bmask = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
+    else
+      a.fmask = m.data_ptr<float>();
+  }
+  auto out = torch::empty({q.size(0), q.size(1)}, q.options());
+  a.out = out.data_ptr<float>();
+  a.ldo = out.stride(0);
+  const Isa* isa = current().load();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t b0, int64_t b1) { isa->i8_attention(a, b0, b1); });
+  return out;
 }
 
 }  // namespace
@@ -255,5 +318,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm_i8", &spmm_i8, "y = x W^T + b with int8 4-blocks, dynamic per-token activations",
         py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
         py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("attention_i8", &attention_i8, "self-attention with int8 QK^T and softmax V",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("batch"), py::arg("heads"),
+        py::arg("mask") = py::none(), py::arg("scaling") = 1.0,
         py::call_guard<py::gil_scoped_release>());
 }

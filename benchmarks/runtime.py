@@ -280,13 +280,14 @@ def write_md(report: dict, path: Path) -> None:
             for n, why in m.get("peers_skipped", {}).items():
                 lines.append(f"| {n} | skipped: {why} | |")
         lines += ["", "Where the time goes (`obert.runtime.profile`, ms, median):", "",
-                  "| engine | total | linears | attention | LayerNorm | embeddings | rest |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| engine | total | linears | quantize + layout | attention | LayerNorm | "
+                  "embeddings | rest |",
+                  "|---|---|---|---|---|---|---|---|"]
         for n, p in m["profile"].items():
             t = p["total_ms"]
             lines.append(f"| {n} | {t:.1f} | " + " | ".join(
                 f"{p[k + '_ms']:.1f} ({p[k + '_ms'] / t:.0%})" for k in
-                ("linears", "attention", "layernorm", "embeddings", "rest")) + " |")
+                ("linears", "quantize", "attention", "layernorm", "embeddings", "rest")) + " |")
         lines.append("")
     if report.get("seq"):
         lines += ["## Sequence lengths: BERT-base, dense fp32 vs obert 90% 4-block INT8", "",

@@ -429,7 +429,7 @@ def test_compile_int8_from_trained_scales(tiny_model_dir: Path) -> None:
         assert type(m.get_submodule(n)) is nn.Linear
         assert torch.equal(w, trained_q[n].float() * scales[n][:, None])
         assert torch.equal(quantize_rows(w, scales[n])[0], trained_q[n])
-    c = rt.compile(m, "int8", weight_scales=scales, fuse_qkv=False)
+    c = rt.compile(m, "int8", weight_scales=scales, fuse_qkv=False, fuse_ffn=False)
     for n in names:
         mod = c.get_submodule(n)
         assert torch.equal(mod.sw, scales[n])
@@ -748,3 +748,37 @@ def test_compiled_int8_attention_is_what_qat_simulates(tiny_model_dir: Path) -> 
     assert (fp32 - out).abs().max() > 10 * (simulated - out).abs().max()  # INT8 is visible
     convert_qat(qat)
     assert qat.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_feed_forward_gives_the_unfused_logits(tiny_model_dir: Path, isa: str) -> None:
+    """Int8FeedForward (hidden activations kept per token tile, in cache) gives exactly the
+    logits of the two separate kernel calls, on every instruction set, for batches of one tile
+    (the two-call path) to several tiles; the profile's quantize part is timed in the kernels."""
+    from obert.runtime.profile import profile
+
+    rt.set_isa(isa)
+    m = _tiny_pruned(tiny_model_dir, 0.9, 4)
+    fused = rt.compile(m, "int8", max_density=1.0)
+    plain = rt.compile(m, "int8", max_density=1.0, fuse_ffn=False)
+    layers = fused.bert.encoder.layer
+    assert all(isinstance(layer.intermediate, rt.Int8FeedForward) for layer in layers)
+    assert all(isinstance(layer.output.dense, nn.Identity) for layer in layers)
+    assert sum(c.ffn_fused for c in fused.obert_layers) == 2 * len(layers)
+    assert not any(isinstance(mod, rt.Int8FeedForward) for mod in plain.modules())
+    g = torch.Generator().manual_seed(1)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for b, length in ((1, 7), (3, 50), (6, 61)):
+                x = torch.randint(1000, 3000, (b, length), generator=g)
+                am = torch.ones_like(x)
+                am[0, length // 2:] = 0
+                with torch.inference_mode():
+                    assert torch.equal(fused(input_ids=x, attention_mask=am).logits,
+                                       plain(input_ids=x, attention_mask=am).logits)
+    finally:
+        torch.set_num_threads(threads)
+    p = profile(fused, {"input_ids": torch.randint(1000, 3000, (4, 64))}, calls=2, warmup=1)
+    assert p["quantize_ms"] > 0 and p["linears_ms"] > 0

@@ -16,7 +16,14 @@ from obert.compression.quant import int8_linears
 from obert.io import weight_scales_of
 
 from .autotune import Autotuner
-from .modules import DenseInt8Linear, FusedPart, FusedProjections, Int8SelfAttention, SparseLinear
+from .modules import (
+    DenseInt8Linear,
+    FusedPart,
+    FusedProjections,
+    Int8FeedForward,
+    Int8SelfAttention,
+    SparseLinear,
+)
 
 # Above these densities (fraction of multiply-adds kept) the dense path is faster on the
 # machines we measured (benchmarks/results/runtime.md): fp32 vs MKL sgemm, int8 vs dense int8.
@@ -35,6 +42,7 @@ class LayerChoice:
     block: int  # 1 or 4 for sparse engines, 0 for dense
     gelu_fused: bool = False
     qkv_fused: bool = False
+    ffn_fused: bool = False
 
 
 def weight_stats(weight: torch.Tensor) -> tuple[float, float]:
@@ -86,6 +94,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     autotune: bool = False,
     tune_tokens: int = 128,
     int8_attention: bool = True,
+    fuse_ffn: bool = True,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
@@ -107,7 +116,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     With dtype "int8", each BERT-style self-attention also runs QKᵀ and P·V in INT8
     (``Int8SelfAttention``, ``obert.compression.quant.int8_attention``) unless
     ``int8_attention`` is False; its projections are one kernel call when they share an engine.
-    The converted attention modules are named in `model.obert_attention`.
+    The converted attention modules are named in `model.obert_attention`. A feed-forward
+    block whose two Linears both go sparse INT8 (with the GELU fused) runs as one call that
+    keeps the hidden activations in cache (``Int8FeedForward``, `fuse_ffn`).
     """
     if dtype not in MAX_DENSITY:
         raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
@@ -154,6 +165,8 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
             c.gelu_fused = True
         setattr(parent, attr, new)
         choices.append(c)
+    if fuse_ffn and dtype == "int8":
+        _fuse_ffn(model, choices)
     model.obert_layers = choices
     if tuner is not None:
         tuner.save()
@@ -203,6 +216,25 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
             c.qkv_fused = True
         choices += cs
     return choices
+
+
+def _fuse_ffn(model: nn.Module, choices: list[LayerChoice]) -> None:
+    """Each layer's intermediate (sparse INT8 + GELU) and output Linear (sparse INT8) as one
+    Int8FeedForward in place of the intermediate module; the output Linear becomes identity."""
+    by_name = {c.name: c for c in choices}
+    for name, layer in list(model.named_modules()):
+        inter, out = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+        fc1, fc2 = getattr(inter, "dense", None), getattr(out, "dense", None)
+        if not (isinstance(fc1, SparseLinear) and isinstance(fc2, SparseLinear)):
+            continue
+        if fc1.dtype_name != "int8" or fc2.dtype_name != "int8" or fc1.act != "gelu":
+            continue
+        if fc2.in_features != fc1.out_features:
+            continue
+        layer.intermediate = Int8FeedForward(fc1, fc2)
+        out.dense = nn.Identity()
+        for part in ("intermediate.dense", "output.dense"):
+            by_name[f"{name}.{part}" if name else part].ffn_fused = True
 
 
 def _is_self_attention(mod: nn.Module) -> bool:

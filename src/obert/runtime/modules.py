@@ -163,6 +163,34 @@ class DenseInt8Linear(nn.Module):
                 f"act={self.act}")
 
 
+class Int8FeedForward(nn.Module):
+    """A transformer layer's feed-forward block, GELU(x W1ᵀ + b1) W2ᵀ + b2, with both weights
+    on the INT8 4-block kernels and run as one call (``ffn_i8``): the hidden activations pass
+    from the first kernel to the second one token tile at a time, in cache, never as a
+    [tokens, 4 · hidden] tensor. Exactly the numbers of the two SparseLinear calls it holds.
+    It stands in for transformers' ``*Intermediate`` module; the layer's output Linear becomes
+    an identity (``compile`` does both)."""
+
+    def __init__(self, fc1: SparseLinear, fc2: SparseLinear):
+        super().__init__()
+        if fc1.dtype_name != "int8" or fc2.dtype_name != "int8" or fc1.act != "gelu":
+            raise ValueError("Int8FeedForward takes two int8 SparseLinear, the first with GELU")
+        if fc2.in_features != fc1.out_features:
+            raise ValueError(f"fc2 takes {fc2.in_features} inputs, fc1 gives {fc1.out_features}")
+        self.fc1, self.fc2 = fc1, fc2
+        self.out_features = fc2.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.fc1.in_features).float()
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        a, b = self.fc1, self.fc2
+        y = kernels().ffn_i8(x2, a.row_ptr, a.col, a.wq, a.sw, a.wsum, a.out_features, a.bias,
+                             b.row_ptr, b.col, b.wq, b.sw, b.wsum, b.out_features, b.bias)
+        return y.view(*shape[:-1], self.out_features)
+
+
 class Int8SelfAttention(nn.Module):
     """A BERT-style self-attention (transformers' ``*SelfAttention``) whose QKᵀ, softmax and
     P·V run in obert's INT8 scheme on obert's kernel (``obert.compression.quant.int8_attention``,

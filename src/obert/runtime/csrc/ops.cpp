@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -69,6 +70,31 @@ void set_isa(const std::string& name) {
   for (const auto& a : av) list += (list.empty() ? "" : ", ") + a;
   TORCH_CHECK(false, "instruction set '", name, "' is not available on this CPU; choose auto, ",
               list);
+}
+
+// Time spent laying out and quantizing activations, for obert.runtime.profile: off unless a
+// profile asks (one relaxed load per call when off). Wall time of the prepare steps; inside
+// ffn_i8's tiles, each thread's time divided by the threads (they prepare side by side).
+std::atomic<bool> g_timing{false};
+std::atomic<int64_t> g_prep_ns{0};
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct PrepTimer {  // adds its lifetime (divided by `share`) to g_prep_ns when timing is on
+  int64_t t0, share;
+  explicit PrepTimer(int64_t share_ = 1) : t0(g_timing.load(std::memory_order_relaxed) ? now_ns() : -1), share(share_) {}
+  ~PrepTimer() {
+    if (t0 >= 0) g_prep_ns.fetch_add((now_ns() - t0) / share, std::memory_order_relaxed);
+  }
+};
+
+int64_t prep_timer(bool on) {
+  const int64_t spent = g_prep_ns.exchange(0);
+  g_timing.store(on);
+  return spent;
 }
 
 // A scratch buffer per calling thread: the activation layouts are rebuilt on every call.
@@ -202,9 +228,12 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
   for (int64_t t = 0; t < tiles; ++t) std::fill(xt + (t * Kp + K) * T, xt + (t + 1) * Kp * T, 0.0f);
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
-  at::parallel_for(0, (K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
-    isa->f32_prepare(xp, M, K, ldx, xt, Kp, b0 * 16, std::min(K, b1 * 16));
-  });
+  {
+    PrepTimer timer;
+    at::parallel_for(0, (K + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
+      isa->f32_prepare(xp, M, K, ldx, xt, Kp, b0 * 16, std::min(K, b1 * 16));
+    });
+  }
   const obert::SpF32 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                        val.data_ptr<float>(), (int)bs};
   const obert::Out o = make_out(y, bias, act);
@@ -215,20 +244,29 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
   return y;
 }
 
-torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
-                      const torch::Tensor& col, const torch::Tensor& wq, const torch::Tensor& sw,
-                      const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
-                      int64_t act) {
-  check_x(x);
-  TORCH_CHECK(x.size(1) <= kMaxK8, "INT8 kernels take at most ", kMaxK8,
-              " inputs (int32 sums could overflow beyond), not ", x.size(1));
-  const int64_t nnz = check_sparse(row_ptr, col, N, x.size(1), 4);
+// The checks of one packed INT8 weight over K inputs; its kernel view.
+obert::SpI8 check_i8(int64_t K, const torch::Tensor& row_ptr, const torch::Tensor& col,
+                     const torch::Tensor& wq, const torch::Tensor& sw, const torch::Tensor& wsum,
+                     int64_t N) {
+  TORCH_CHECK(K <= kMaxK8, "INT8 kernels take at most ", kMaxK8,
+              " inputs (int32 sums could overflow beyond), not ", K);
+  const int64_t nnz = check_sparse(row_ptr, col, N, K, 4);
   TORCH_CHECK(wq.scalar_type() == torch::kInt32 && wq.is_contiguous() && wq.numel() == nnz &&
                   sw.scalar_type() == torch::kFloat32 && sw.is_contiguous() &&
                   sw.numel() == N && wsum.scalar_type() == torch::kInt32 &&
                   wsum.is_contiguous() && wsum.numel() == N,
               "int8 weights must be packed by obert.runtime.pack: wq int32 [nnz = ", nnz,
               "], sw float32 [N], wsum int32 [N]");
+  return {row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(), wq.data_ptr<int32_t>(),
+          sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
+}
+
+torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
+                      const torch::Tensor& col, const torch::Tensor& wq, const torch::Tensor& sw,
+                      const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
+                      int64_t act) {
+  check_x(x);
+  const obert::SpI8 w = check_i8(x.size(1), row_ptr, col, wq, sw, wsum, N);
   const Isa* isa = current().load();
   const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
   const int64_t Mt = (M + T - 1) / T * T;  // tokens in whole tiles
@@ -238,16 +276,93 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
   float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
-  // in whole blocks of 16 tokens (the vector prepares lay out 16 tokens per store)
-  at::parallel_for(0, Mt / 16, 1, [&](int64_t b0, int64_t b1) {
-    isa->i8_prepare(xp, M, K, ldx, x4, sx, b0 * 16, b1 * 16);
-  });
-  const obert::SpI8 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
-                      wq.data_ptr<int32_t>(), sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
+  {  // in whole blocks of 16 tokens (the vector prepares lay out 16 tokens per store)
+    PrepTimer timer;
+    at::parallel_for(0, Mt / 16, 1, [&](int64_t b0, int64_t b1) {
+      isa->i8_prepare(xp, M, K, ldx, x4, sx, b0 * 16, b1 * 16);
+    });
+  }
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
   parallel_balanced(Mt / T, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
     isa->i8_spmm(x4, K4, sx, w, o, groups, i0, i1);
+  });
+  return y;
+}
+
+// Each worker thread's buffers for ffn_i8's token tiles (not `scratch`: the calling thread
+// is also a worker, and its scratch holds the shared input layout meanwhile).
+uint8_t* tile_scratch(size_t n) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < n + 64) buf.resize(n + 64);
+  auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t(63));
+}
+
+// The feed-forward block y = GELU(x W1^T + b1) W2^T + b2, both weights INT8 4-blocks, one
+// token tile at a time: the tile's hidden activations (T x N1 floats, ~0.8 MB for BERT-base)
+// go from the first kernel's GELU epilogue to the second's int8 layout while still in this
+// core's cache, never through memory as a [tokens, N1] tensor. The numbers are exactly those
+// of two spmm_i8 calls. With fewer tiles than threads it is those two calls (tiles are the
+// unit of work here, and one tile per thread would leave cores idle).
+torch::Tensor ffn_i8(const torch::Tensor& x, const torch::Tensor& rp1, const torch::Tensor& col1,
+                     const torch::Tensor& wq1, const torch::Tensor& sw1, const torch::Tensor& wsum1,
+                     int64_t N1, const c10::optional<torch::Tensor>& b1, const torch::Tensor& rp2,
+                     const torch::Tensor& col2, const torch::Tensor& wq2, const torch::Tensor& sw2,
+                     const torch::Tensor& wsum2, int64_t N2, const c10::optional<torch::Tensor>& b2) {
+  check_x(x);
+  const obert::SpI8 w1 = check_i8(x.size(1), rp1, col1, wq1, sw1, wsum1, N1);
+  const obert::SpI8 w2 = check_i8(N1, rp2, col2, wq2, sw2, wsum2, N2);
+  const Isa* isa = current().load();
+  const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
+  const int64_t tiles = (M + T - 1) / T, Mt = tiles * T;
+  if (tiles < at::get_num_threads()) {
+    const auto h = spmm_i8(x, rp1, col1, wq1, sw1, wsum1, N1, b1, 1);
+    return spmm_i8(h, rp2, col2, wq2, sw2, wsum2, N2, b2, 0);
+  }
+  auto y = new_output(M, N2, x);
+  uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
+  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  {
+    PrepTimer timer;
+    at::parallel_for(0, Mt / 16, 1, [&](int64_t q0, int64_t q1) {
+      isa->i8_prepare(xp, M, K, ldx, x4, sx, q0 * 16, q1 * 16);
+    });
+  }
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
+  torch::Tensor bias1 = b1 && b1->defined() ? *b1 : torch::Tensor();
+  torch::Tensor bias2 = b2 && b2->defined() ? *b2 : torch::Tensor();
+  for (const auto* b : {&bias1, &bias2})
+    TORCH_CHECK(!b->defined() || (b->scalar_type() == torch::kFloat32 && b->is_contiguous()),
+                "biases must be contiguous float32");
+  TORCH_CHECK(!bias1.defined() || bias1.numel() == N1, "bias 1 must hold ", N1, " values");
+  TORCH_CHECK(!bias2.defined() || bias2.numel() == N2, "bias 2 must hold ", N2, " values");
+  const int64_t ldh = (N1 * 4) % 2048 == 0 ? N1 + 16 : N1;  // see new_output
+  const int64_t K4h = (N1 + 3) / 4;
+  const int64_t g1 = (rp1.numel() - 1) / obert::kRowGroup, g2 = (rp2.numel() - 1) / obert::kRowGroup;
+  float* yp = y.data_ptr<float>();
+  const int64_t ldy = y.stride(0);
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    const size_t hb = (size_t)(T * ldh * sizeof(float) + 63) / 64 * 64;
+    const size_t qb = (size_t)(K4h * T * 4 + 63) / 64 * 64;
+    uint8_t* mem = tile_scratch(hb + qb + T * sizeof(float));
+    float* h = reinterpret_cast<float*>(mem);
+    uint8_t* h4 = mem + hb;
+    float* sh = reinterpret_cast<float*>(mem + hb + qb);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t mt = std::min(T, M - t * T);
+      const obert::Out o1{h, mt, N1, ldh, bias1.defined() ? bias1.data_ptr<float>() : nullptr, 1};
+      isa->i8_spmm(x4 + t * K4 * T * 4, K4, sx + t * T, w1, o1, g1, 0, g1);
+      {
+        PrepTimer timer(threads);
+        isa->i8_prepare(h, mt, N1, ldh, h4, sh, 0, T);
+      }
+      const obert::Out o2{yp + t * T * ldy, mt, N2, ldy,
+                          bias2.defined() ? bias2.data_ptr<float>() : nullptr, 0};
+      isa->i8_spmm(h4, K4h, sh, w2, o2, g2, 0, g2);
+    }
   });
   return y;
 }
@@ -318,6 +433,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm_i8", &spmm_i8, "y = x W^T + b with int8 4-blocks, dynamic per-token activations",
         py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
         py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("prep_timer", &prep_timer,
+        "nanoseconds spent preparing activations since the last call; on: keep timing (profiles)");
+  m.def("ffn_i8", &ffn_i8, "GELU(x W1^T + b1) W2^T + b2, both int8 4-blocks, one token tile at a time",
+        py::arg("x"), py::arg("row_ptr1"), py::arg("col1"), py::arg("wq1"), py::arg("sw1"),
+        py::arg("wsum1"), py::arg("n1"), py::arg("bias1"), py::arg("row_ptr2"), py::arg("col2"),
+        py::arg("wq2"), py::arg("sw2"), py::arg("wsum2"), py::arg("n2"), py::arg("bias2"),
         py::call_guard<py::gil_scoped_release>());
   m.def("attention_i8", &attention_i8, "self-attention with int8 QK^T and softmax V",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("batch"), py::arg("heads"),

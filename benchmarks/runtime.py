@@ -283,10 +283,15 @@ def write_md(report: dict, path: Path) -> None:
                   "| engine | total | linears | quantize + layout | attention | LayerNorm | "
                   "embeddings | rest |",
                   "|---|---|---|---|---|---|---|---|"]
-        for n, p in m["profile"].items():
+        rows = list(m["profile"].items())
+        old = report.get("before", {}).get("profiles", {}).get(f"{m['model']}|{m['batch']}")
+        if old and "0.90-b4-int8" in old:
+            rows.append((f"0.90-b4-int8 before ({report['before']['label']})", old["0.90-b4-int8"]))
+        for n, p in rows:
             t = p["total_ms"]
             lines.append(f"| {n} | {t:.1f} | " + " | ".join(
-                f"{p[k + '_ms']:.1f} ({p[k + '_ms'] / t:.0%})" for k in
+                f"{p[k + '_ms']:.1f} ({p[k + '_ms'] / t:.0%})" if k + "_ms" in p
+                else "(in linears)" for k in
                 ("linears", "quantize", "attention", "layernorm", "embeddings", "rest")) + " |")
         lines.append("")
     if report.get("seq"):
@@ -299,10 +304,16 @@ def write_md(report: dict, path: Path) -> None:
                          f"{r['sparse_int8_ms']:.1f} | {x['median']:.2f}x [{x['min']:.2f}–"
                          f"{x['max']:.2f}] |")
         lines.append("")
-    lines += ["## Goals (issue 12)", "", "| goal | batch | measured | met |", "|---|---|---|---|"]
+    before = {(g["goal"], g["batch"]): g["measured"]
+              for g in report.get("before", {}).get("goals", [])}
+    label = report.get("before", {}).get("label", "")
+    lines += ["## Goals (issue 12)", "",
+              f"| goal | batch | measured | met |{f' before ({label}) |' if before else ''}",
+              "|---|---|---|---|" + ("---|" if before else "")]
     for g in report["goals"]:
+        was = f" {before.get((g['goal'], g['batch']), '')} |" if before else ""
         lines.append(f"| {g['goal']} | {g['batch']} | {g['measured']} | "
-                     f"{'yes' if g['met'] else 'no'} |")
+                     f"{'yes' if g['met'] else 'no'} |{was}")
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
@@ -354,6 +365,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="BERT-base 90%% only, 3 rounds, no peers/MiniLM/seq table")
     ap.add_argument("--out", default=str(RESULTS / "runtime"))
+    ap.add_argument("--before", default=str(RESULTS / "runtime_before.json"),
+                    help="an earlier run's JSON whose profiles and goals are shown beside "
+                         "this run's (skipped when missing)")
     a = ap.parse_args()
     if a.quick:
         a.sparsities, a.no_peers, a.no_minilm, a.no_seq, a.rounds = [0.9], True, True, True, 3
@@ -410,6 +424,13 @@ def main() -> None:
     if busy:
         log("warning: " + report["busy_note"])
     report["goals"] = goals(report)
+    if Path(a.before).is_file():
+        prev = json.loads(Path(a.before).read_text())
+        report["before"] = {
+            "label": prev.get("label", Path(a.before).name),
+            "profiles": {f"{m['model']}|{m['batch']}": m["profile"] for m in prev["models"]},
+            "goals": prev.get("goals", []),
+        }
     report["minutes"] = (time.time() - t0) / 60
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

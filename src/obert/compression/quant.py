@@ -144,8 +144,10 @@ def _qat_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
     """transformers' attention-function signature around ``int8_attention``; returns
     [B, L, H, D] as its own implementations do."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    out = int8_attention(query, key, value, attention_mask, scale,
-                         dropout if module.training else 0.0)
+    # under mixed precision the integer sums must stay float32 (bf16 cannot hold them exactly)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        out = int8_attention(query, key, value, attention_mask, scale,
+                             dropout if module.training else 0.0)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 

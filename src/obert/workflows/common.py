@@ -272,6 +272,7 @@ def compiled(model, runtime: str):
     return model, {"isa": rt.isa(), "linears": len(engines),
                    "sparse": sum(e.startswith("sparse") for e in engines),
                    "int8": sum(e.endswith("int8") for e in engines),
+                   "int8_attention": len(model.obert_attention),
                    "trained_scales": model.obert_trained_scales}
 
 

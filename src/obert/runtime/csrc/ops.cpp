@@ -156,6 +156,7 @@ int64_t check_sparse(const torch::Tensor& row_ptr, const torch::Tensor& col, int
 // fixed cost per group (its 16 x T outputs). Global pruning leaves some rows far denser than
 // others, so equal item counts would leave threads waiting on the densest range.
 constexpr int64_t kGroupCost = 16;  // a group's fixed work, in blocks
+constexpr int64_t kChunks = 4;      // work ranges per thread
 
 template <typename F>
 void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, const F& body) {
@@ -178,10 +179,13 @@ void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, co
     }
     return lo;
   };
-  const int64_t total = tiles * per_tile;
-  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t i0 = first_at(total * p / P), i1 = p + 1 == P ? items : first_at(total * (p + 1) / P);
+  // kChunks ranges of equal work per thread, taken in order by whichever thread is free: on a
+  // shared machine one core can stall for a while, and a fixed split would wait for it.
+  const int64_t total = tiles * per_tile, C = std::min<int64_t>(items, P * kChunks);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, P, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next++; c < C; c = next++) {
+      const int64_t i0 = first_at(total * c / C), i1 = c + 1 == C ? items : first_at(total * (c + 1) / C);
       if (i0 < i1) body(i0, i1);
     }
   });
@@ -344,14 +348,15 @@ torch::Tensor ffn_i8(const torch::Tensor& x, const torch::Tensor& rp1, const tor
   const int64_t g1 = (rp1.numel() - 1) / obert::kRowGroup, g2 = (rp2.numel() - 1) / obert::kRowGroup;
   float* yp = y.data_ptr<float>();
   const int64_t ldy = y.stride(0);
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  std::atomic<int64_t> next{0};  // tiles to whichever thread is free (see parallel_balanced)
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     const size_t hb = (size_t)(T * ldh * sizeof(float) + 63) / 64 * 64;
     const size_t qb = (size_t)(K4h * T * 4 + 63) / 64 * 64;
     uint8_t* mem = tile_scratch(hb + qb + T * sizeof(float));
     float* h = reinterpret_cast<float*>(mem);
     uint8_t* h4 = mem + hb;
     float* sh = reinterpret_cast<float*>(mem + hb + qb);
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t = next++; t < tiles; t = next++) {
       const int64_t mt = std::min(T, M - t * T);
       const obert::Out o1{h, mt, N1, ldh, bias1.defined() ? bias1.data_ptr<float>() : nullptr, 1};
       isa->i8_spmm(x4 + t * K4 * T * 4, K4, sx + t * T, w1, o1, g1, 0, g1);
@@ -414,7 +419,14 @@ torch::Tensor attention_i8(const torch::Tensor& q, const torch::Tensor& k, const
   a.out = out.data_ptr<float>();
   a.ldo = out.stride(0);
   const Isa* isa = current().load();
-  at::parallel_for(0, batch * heads, 1, [&](int64_t b0, int64_t b1) { isa->i8_attention(a, b0, b1); });
+  // heads handed out a few at a time to whichever thread is free (see parallel_balanced)
+  const int64_t BH = batch * heads, P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), BH));
+  const int64_t step = std::max<int64_t>(1, BH / (P * kChunks));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, P, 1, [&](int64_t, int64_t) {
+    for (int64_t b0 = next.fetch_add(step); b0 < BH; b0 = next.fetch_add(step))
+      isa->i8_attention(a, b0, std::min(BH, b0 + step));
+  });
   return out;
 }
 

@@ -161,51 +161,16 @@ def latencies(models: dict[str, tuple[Path, str]], batch: int, rounds: int, call
 
 
 def profile(path: Path, runtime: str, batch: int, calls: int, threads: int) -> dict:
-    """Where the time of one compiled model goes: the share spent inside obert's linear modules
-    (sparse and dense INT8/fp32 kernels, timed by forward hooks) and in the embeddings; the
-    rest is attention's matmuls and softmax, LayerNorm, residuals, the fp32 pooler and head,
-    and Python between calls. Medians over ``calls`` calls; the hooks add a few µs each."""
+    """Where the time of one compiled model goes (``obert.runtime.profile``): linears, the
+    kernels' activation quantize + layout, attention, LayerNorm, embeddings and the rest."""
     import torch
 
     from obert.runtime.bench import example_inputs
-    from obert.runtime.modules import DenseInt8Linear, SparseLinear
+    from obert.runtime.profile import profile as where
 
     torch.set_num_threads(threads)
     model = engine(path, runtime)
-    spent = {"linears": 0.0, "embeddings": 0.0}
-    starts: dict[int, float] = {}
-
-    def timed(kind: str, mod) -> None:
-        def pre(m, args):
-            starts[id(m)] = time.perf_counter()
-
-        def post(m, args, out):
-            spent[kind] += time.perf_counter() - starts.pop(id(m))
-
-        mod.register_forward_pre_hook(pre)
-        mod.register_forward_hook(post)
-
-    for name, mod in model.named_modules():
-        if isinstance(mod, (SparseLinear, DenseInt8Linear)):
-            timed("linears", mod)
-        elif name.endswith("embeddings") and name.count(".") <= 1:
-            timed("embeddings", mod)
-    inputs = example_inputs(model, batch, 128)
-    rows = []
-    with torch.inference_mode():
-        for _ in range(3):
-            model(**inputs)
-        for _ in range(calls):
-            spent.update(linears=0.0, embeddings=0.0)
-            t0 = time.perf_counter()
-            model(**inputs)
-            total = time.perf_counter() - t0
-            rows.append((total, spent["linears"], spent["embeddings"]))
-    total = statistics.median(r[0] for r in rows) * 1e3
-    lin = statistics.median(r[1] for r in rows) * 1e3
-    emb = statistics.median(r[2] for r in rows) * 1e3
-    return {"total_ms": total, "linears_ms": lin, "embeddings_ms": emb,
-            "rest_ms": total - lin - emb}
+    return where(model, example_inputs(model, batch, 128), calls=calls, warmup=3)
 
 
 def add_profiles(a, out: Path) -> None:
@@ -323,17 +288,20 @@ def report(res: dict, out: Path) -> None:
         else:
             lines.append(f"- {speed}× within {drop:.1%}: missed; no model is within {drop:.1%}.")
     if "profile" in res:
-        lines += ["", "Where the time goes (the compiled INT8 model alone, forward hooks on "
-                  "obert's linear modules and on the embeddings; *rest* is attention's matmuls "
-                  "and softmax in fp32, LayerNorm, residuals, the fp32 pooler and head, and "
-                  "Python between calls):", "",
-                  "| model, batch | total ms | linears | embeddings | rest |",
-                  "|---|---:|---:|---:|---:|"]
+        from obert.runtime.profile import PARTS
+
+        cols = [c for c in (*PARTS, "rest")]
+        lines += ["", "Where the time goes (the compiled INT8 model alone, "
+                  "`obert.runtime.profile`: *quantize* is the kernels' activation quantize + "
+                  "layout, *rest* residual adds, the fp32 pooler and head, and Python between "
+                  "calls):", "",
+                  "| model, batch | total ms | " + " | ".join(cols) + " |",
+                  "|---|---:|" + "---:|" * len(cols)]
         for k, p in res["profile"].items():
             t = p["total_ms"]
-            lines.append(f"| {k} | {t:.2f} | {p['linears_ms']:.2f} ({p['linears_ms'] / t:.0%}) "
-                         f"| {p['embeddings_ms']:.2f} ({p['embeddings_ms'] / t:.0%}) | "
-                         f"{p['rest_ms']:.2f} ({p['rest_ms'] / t:.0%}) |")
+            lines.append(f"| {k} | {t:.2f} | " + " | ".join(
+                f"{p[c + '_ms']:.2f} ({p[c + '_ms'] / t:.0%})" if c + "_ms" in p else "–"
+                for c in cols) + " |")
     lines += ["", "![accuracy against speed-up](compound.png)"]
     (out / "compound.md").write_text("\n".join(lines) + "\n")
     plot(res, out / "compound.png")

@@ -687,6 +687,25 @@ def test_int8_attention_is_its_scheme_and_within_the_bound_of_fp32(isa, b, h, le
     assert (out - fp32).abs().mean() <= 0.02 * fp32.abs().mean()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_int8_attention_does_not_depend_on_padding(isa: str, kind: str) -> None:
+    """A sequence's outputs are the same, exactly, alone or padded in a batch beside a longer
+    one: padding keys never set a scale (v's scales come from the keys a query may attend)."""
+    rt.set_isa(isa)
+    k = rt.kernels()
+    g = torch.Generator().manual_seed(3)
+    h, d, n, length = 4, 16, 9, 23
+    short = torch.randn(n, 3 * h * d, generator=g)
+    longer = torch.randn(length, 3 * h * d, generator=g)
+    pads = torch.randn(length - n, 3 * h * d, generator=g) * 50  # loud padding
+    batch = torch.cat([short, pads, longer])
+    alone = k.attention_i8(*short.split(h * d, dim=1), 1, h, None, d ** -0.5)
+    mask = _padding_mask([n, length], length, kind)
+    padded = k.attention_i8(*batch.split(h * d, dim=1), 2, h, mask, d ** -0.5)
+    assert torch.equal(padded[:n], alone)
+
+
 def test_int8_attention_edge_rows_and_bad_input() -> None:
     """A row whose keys are all masked out gives zeros (not NaN); malformed query/key/value or
     mask are refused with one clear error."""

@@ -7,7 +7,7 @@ Output:      y[m, n] = s_w[n] · s_x[m] · Σ_k x_q[m, k] · W_q[n, k] + b[n]   
 
 Attention (``int8_attention``), per sequence and head, q/k/v [L, D]:
              s_q[i] = max|q[i]|/127, s_k[j] = max|k[j]|/127 (per token), s_v[d] = max_j |v[j, d]|/127
-             (per head dimension, over the keys);
+             (per head dimension, over the keys some query may attend: not padding);
              z[i, j] = scaling · s_q[i] · s_k[j] · Σ_d q_q[i, d] k_q[j, d] + mask[i, j];
              P_q[i, j] = round(255 · exp(z[i, j] − max_j z[i, :])) ∈ [0, 255];
              out[i, d] = s_v[d] / Σ_j P_q[i, j] · Σ_j P_q[i, j] v_q[j, d].
@@ -101,13 +101,27 @@ def _ste_exact(x: Tensor, q: Tensor) -> Tensor:
     return x - x.detach() + q
 
 
-def _quant_sym(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+def _quant_sym(x: Tensor, dim: int, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Symmetric int8 along ``dim`` as float: (x_q, s) with x ≈ s · x_q; x_q carries the
-    gradient of x / s (straight through), s none."""
-    amax = x.detach().abs().amax(dim, keepdim=True)
+    gradient of x / s (straight through), s none. ``keep`` (bool, broadcastable to x): the
+    entries that set the scale (the others are quantized with it, clamped)."""
+    ax = x.detach().abs()
+    amax = (ax if keep is None else ax * keep).amax(dim, keepdim=True)
     inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
     xn = x * inv
     return _ste_exact(xn, torch.round(xn.detach()).clamp_(-QMAX, QMAX)), amax / QMAX
+
+
+NEVER_ATTENDED = -1e30  # an additive mask at or below it gives a key exactly 0 probability
+
+
+def attended_keys(mask: Tensor | None) -> Tensor | None:
+    """[..., L_k, 1] bool: the keys some query may attend (padding keys are not), from a mask
+    [..., L_q, L_k] as ``int8_attention`` takes it; None for no mask (all keys)."""
+    if mask is None:
+        return None
+    keep = mask if mask.dtype == torch.bool else mask > NEVER_ATTENDED
+    return keep.any(-2)[..., None]
 
 
 def int8_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
@@ -120,7 +134,7 @@ def int8_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
     probabilities as transformers does. A row with every key masked out gives zeros."""
     qq, sq = _quant_sym(q.float(), -1)  # [B, H, L, 1]
     kq, sk = _quant_sym(k.float(), -1)
-    vq, sv = _quant_sym(v.float(), -2)  # scales [B, H, 1, D]
+    vq, sv = _quant_sym(v.float(), -2, attended_keys(mask))  # scales [B, H, 1, D]
     c = sq * torch.tensor(scaling, dtype=torch.float32)
     z = (qq @ kq.transpose(-1, -2)) * c * sk.transpose(-1, -2)
     if mask is not None:
@@ -185,20 +199,21 @@ def int8_attention_bound(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = 
     q, k, v = q.float(), k.float(), v.float()
     _, sq = _quant_sym(q, -1)
     kq, sk = _quant_sym(k, -1)
-    _, sv = _quant_sym(v, -2)
+    keys = attended_keys(mask)
+    _, sv = _quant_sym(v, -2, keys)
     eps = scaling * (sk.transpose(-1, -2) / 2 * q.abs().sum(-1, keepdim=True)
                      + sq / 2 * (kq.abs().sum(-1) * sk[..., 0])[..., None, :])  # [B, H, L, L]
     z = (q @ k.transpose(-1, -2)) * scaling
     keep = torch.ones_like(z, dtype=torch.bool)
     if mask is not None:
-        keep = keep & mask if mask.dtype == torch.bool else keep & (mask > -1e30)
+        keep = keep & mask if mask.dtype == torch.bool else keep & (mask > NEVER_ATTENDED)
         z = z.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else z + mask
     eps = eps.masked_fill(~keep, 0).amax(-1, keepdim=True)
     n = keep.sum(-1, keepdim=True).float()
     zsum = torch.exp(z - z.amax(-1, keepdim=True)).nan_to_num(0).sum(-1, keepdim=True)
     psum_lo = (255 * torch.exp(-2 * eps) * zsum - n / 2).clamp_min(1.0)
     tv = torch.expm1(2 * eps) + n / psum_lo  # Σ_j |p̂ − p|
-    vmax = v.abs().amax(-2, keepdim=True)
+    vmax = (v.abs() if keys is None else v.abs() * keys).amax(-2, keepdim=True)
     return tv * vmax + sv / 2
 
 

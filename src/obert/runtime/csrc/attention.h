@@ -22,12 +22,16 @@ struct AttBuf {  // a 64-byte aligned, zero-filled scratch array
   }
 };
 
+// An additive mask at or below this gives a key exactly zero probability (exp underflows), in
+// fp32 attention and here alike: transformers' eager masks use the float32 minimum.
+constexpr float kNeverAttended = -1e30f;
+
 void i8_attention(const Attn& a, int64_t bh0, int64_t bh1) {
   const int64_t L = a.L, D = a.D, Dp = (D + 15) / 16 * 16, Lp = (L + 15) / 16 * 16;
   AttBuf<int8_t> qq(L * Dp), k4(Dp * Lp), v4(Lp * Dp), row(Dp), rows4(4 * Dp);
   AttBuf<float> sq(L), sk(Lp), sv(Dp), inv_v(Dp), colmax(Dp), f(Lp);
   AttBuf<int32_t> ksum(Lp), s(4 * Lp), o(4 * Dp);
-  AttBuf<uint8_t> p(4 * Lp);
+  AttBuf<uint8_t> p(4 * Lp), used(L);
   const float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / a.H, h = bh % a.H;
@@ -50,9 +54,23 @@ void i8_attention(const Attn& a, int64_t bh0, int64_t bh1) {
       for (int64_t g = 0; g < Dp / 4; ++g)
         std::memcpy(k4.p + (g * Lp + j) * 4, row.p + 4 * g, 4);
     }
-    // v: per column over the keys
+    // v: per column over the keys some query can attend (a padding key's value must not set
+    // the scale, or a sequence's outputs would depend on how much padding its batch has)
+    if (a.fmask || a.bmask) {
+      std::memset(used.p, 0, L);
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t off = b * a.mb + h * a.mh + i * a.mq;
+        if (a.bmask)
+          for (int64_t j = 0; j < L; ++j) used.p[j] |= a.bmask[off + j] != 0;
+        else
+          for (int64_t j = 0; j < L; ++j) used.p[j] |= a.fmask[off + j] > kNeverAttended;
+      }
+    } else {
+      std::memset(used.p, 1, L);
+    }
     for (int64_t d = 0; d < D; ++d) colmax.p[d] = 0.0f;
     for (int64_t j = 0; j < L; ++j) {
+      if (!used.p[j]) continue;
       const float* vr = vb + j * a.ldv;
       for (int64_t d = 0; d < D; ++d) {
         const float x = std::fabs(vr[d]);

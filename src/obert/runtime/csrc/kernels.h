@@ -57,8 +57,9 @@ struct Out {
 //   s[i, j] = scaling * s_q[i] * s_k[j] * sum_d q_q[i, d] k_q[j, d] + mask[i, j]
 //   p_q[i, j] = round(255 * exp(s[i, j] - max_j s[i, :]))          (uint8)
 //   out[i, d] = s_v[d] / sum_j p_q[i, j] * sum_j p_q[i, j] v_q[j, d]
-// q and k per row (token and head), v per column (head dimension, over the keys): symmetric int8,
-// the sums exact in int32. A row whose keys are all masked out (-inf) gives zeros.
+// q and k per row (token and head), v per column (head dimension, over the keys that some query
+// may attend: padding keys do not count): symmetric int8, the sums exact in int32. A row whose
+// keys are all masked out (-inf) gives zeros.
 struct Attn {
   const float *q, *k, *v;  // [B * L][ld*]; head h at columns h * D .. h * D + D - 1
   int64_t ldq, ldk, ldv;

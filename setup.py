@@ -13,6 +13,7 @@ import sys
 from setuptools import setup
 
 CSRC = "src/obert/runtime/csrc"
+HEADERS = ["kernels.h", "tiling.h", "attention.h", "att_x86.h"]
 SOURCES = [f"{CSRC}/{f}" for f in ("ops.cpp", "kernels_scalar.cpp", "kernels_avx2.cpp",
                                      "kernels_avx512.cpp")]
 # -fopenmp compiles at::parallel_for's `omp parallel`; the OpenMP runtime itself is the one
@@ -28,7 +29,7 @@ if os.environ.get("OBERT_SKIP_KERNELS") != "1":
               "first use (install with --no-build-isolation to build them now)", file=sys.stderr)
     else:
         ext_modules = [CppExtension("obert.runtime._kernels", SOURCES, extra_compile_args=CFLAGS,
-                                    depends=[f"{CSRC}/kernels.h", f"{CSRC}/tiling.h", f"{CSRC}/attention.h"])]
+                                    depends=[f"{CSRC}/{h}" for h in HEADERS])]
         cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

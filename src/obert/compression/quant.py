@@ -51,11 +51,15 @@ def quantize_tokens(x: Tensor) -> tuple[Tensor, Tensor]:
     q = round(x · 127/max|x|) (multiplied by the inverse, not divided by the scale);
     returns (q as float in [−127, 127], s_x = max|x|/127, shaped [..., 1])."""
     amax = x.abs().amax(-1, keepdim=True)
-    # 127/max|x| as one division, as the kernels compute it (``QMAX / amax`` would be
-    # torch's reciprocal times 127, one ulp off for about a quarter of the tokens)
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    q = torch.round(x * inv).clamp_(-QMAX, QMAX)
+    q = torch.round(x * _inv_scale(amax)).clamp_(-QMAX, QMAX)
     return q, amax / QMAX
+
+
+def _inv_scale(amax: Tensor) -> Tensor:
+    """127/max|x| (0 where max|x| is 0) as one division, as the kernels compute it
+    (``QMAX / amax`` would be torch's reciprocal times 127, one ulp off for about a quarter
+    of the tokens)."""
+    return torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
 
 
 def fake_quant_weight(weight: Tensor) -> Tensor:
@@ -107,8 +111,7 @@ def _quant_sym(x: Tensor, dim: int, keep: Tensor | None = None) -> tuple[Tensor,
     entries that set the scale (the others are quantized with it, clamped)."""
     ax = x.detach().abs()
     amax = (ax if keep is None else ax * keep).amax(dim, keepdim=True)
-    inv = torch.where(amax > 0, torch.full_like(amax, QMAX) / amax, torch.zeros_like(amax))
-    xn = x * inv
+    xn = x * _inv_scale(amax)
     return _ste_exact(xn, torch.round(xn.detach()).clamp_(-QMAX, QMAX)), amax / QMAX
 
 
@@ -183,7 +186,8 @@ def simulate_int8_attention(model: nn.Module, on: bool = True) -> bool:
         model.set_attn_implementation(QAT_ATTENTION)
     elif not on and current == QAT_ATTENTION:
         model.set_attn_implementation(getattr(model, "obert_attn_before", None) or "sdpa")
-    return True
+    # transformers only warns when a model cannot switch: say whether it did
+    return (config._attn_implementation == QAT_ATTENTION) == on
 
 
 def int8_attention_bound(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,

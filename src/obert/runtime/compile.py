@@ -198,16 +198,8 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
             continue
         if len({lin.in_features for lin in lins}) != 1:
             continue
-        weight = torch.cat([lin.weight.detach() for lin in lins])
-        biases = [lin.bias for lin in lins]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach() if b is not None else torch.zeros(lin.out_features)
-             for b, lin in zip(biases, lins, strict=True)])
-        scale = None
-        if dtype == "int8" and any(n in scales for n in names):
-            scale = torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
-                               for n, lin in zip(names, lins, strict=True)])
-        fused = FusedProjections(SparseLinear.from_weight(weight, bias, dtype, cs[0].block,
+        scale = _concat_scales(names, lins, scales) if dtype == "int8" else None
+        fused = FusedProjections(SparseLinear.from_linear(_concat(lins), dtype, cs[0].block,
                                                           scale=scale),
                                  [lin.out_features for lin in lins])
         parent.qkv_fused = fused
@@ -260,6 +252,16 @@ def _concat(lins: list[nn.Linear]) -> nn.Linear:
     return new
 
 
+def _concat_scales(names: list[str], lins: list[nn.Linear],
+                   scales: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The per-row INT8 scales of ``_concat(lins)``: trained ones where given, the weights'
+    own elsewhere; None when none is trained (the packing computes them all)."""
+    if not any(n in scales for n in names):
+        return None
+    return torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
+                      for n, lin in zip(names, lins, strict=True)])
+
+
 def _int8_attention(model: nn.Module, int8: set[str], max_density: float | None,
                     scales: dict[str, torch.Tensor], tuner: Autotuner | None,
                     fuse: bool) -> list[LayerChoice]:
@@ -279,10 +281,7 @@ def _int8_attention(model: nn.Module, int8: set[str], max_density: float | None,
         heads, size = mod.num_attention_heads, mod.attention_head_size
         engines = {c.engine for c in cs}
         if fuse and len(engines) == 1:
-            scale = None
-            if any(n in scales for n in names):
-                scale = torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
-                                   for n, lin in zip(names, lins, strict=True)])
+            scale = _concat_scales(names, lins, scales)
             both = _concat(lins)
             proj = (SparseLinear.from_linear(both, "int8", 4, scale=scale)
                     if engines == {"sparse-int8"} else DenseInt8Linear(both, scale=scale))

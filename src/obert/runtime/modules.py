@@ -17,6 +17,15 @@ from .pack import Packed, pack_f32, pack_i8
 ACTS = {"none": 0, "gelu": 1}
 
 
+def _rows(x: torch.Tensor, features: int) -> torch.Tensor:
+    """x as the kernels take it: float32 [tokens, features] with unit inner stride (a view
+    when it already is)."""
+    x2 = x.reshape(-1, features)
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 class SparseLinear(nn.Module):
     """y = act(x Wᵀ + b) with a pruned W, on obert's kernels (fp32 blocked CSR or int8 4-blocks).
 
@@ -58,11 +67,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.float32:
-            x2 = x2.float()
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
+        x2 = _rows(x, self.in_features)
         k = kernels()
         if self.dtype_name == "fp32":
             y = k.spmm_f32(x2, self.row_ptr, self.col, self.val, self.bs, self.out_features,
@@ -182,11 +187,8 @@ class Int8FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.fc1.in_features).float()
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
         a, b = self.fc1, self.fc2
-        y = kernels().ffn_i8(x2, a.row_ptr, a.col, a.wq, a.sw, a.wsum, a.out_features, a.bias,
+        y = kernels().ffn_i8(_rows(x, a.in_features), a.row_ptr, a.col, a.wq, a.sw, a.wsum, a.out_features, a.bias,
                              b.row_ptr, b.col, b.wq, b.sw, b.wsum, b.out_features, b.bias)
         return y.view(*shape[:-1], self.out_features)
 

@@ -81,7 +81,7 @@ def profile(model: nn.Module, inputs: dict, calls: int = 20, warmup: int = 3) ->
     from ._ext import kernels
 
     prof = Profiler(model)
-    k = kernels()
+    kern = kernels()
     rows = []
     try:
         with torch.inference_mode():
@@ -89,17 +89,17 @@ def profile(model: nn.Module, inputs: dict, calls: int = 20, warmup: int = 3) ->
                 model(**inputs)
             for _ in range(calls):
                 prof.reset()
-                k.prep_timer(True)
+                kern.prep_timer(True)
                 t0 = time.perf_counter()
                 model(**inputs)
                 total = time.perf_counter() - t0
-                quantize = k.prep_timer(False) * 1e-9
+                quantize = kern.prep_timer(False) * 1e-9
                 spent = {**prof.spent, "quantize": quantize}
                 spent["linears"] = max(0.0, spent["linears"] - quantize)
                 rows.append({"total": total, **spent})
     finally:
         prof.remove()
-        k.prep_timer(False)
+        kern.prep_timer(False)
     out = {f"{k}_ms": statistics.median(r[k] for r in rows) * 1e3 for k in ("total", *PARTS)}
     out["rest_ms"] = max(0.0, out["total_ms"] - sum(out[f"{k}_ms"] for k in PARTS))
     return out

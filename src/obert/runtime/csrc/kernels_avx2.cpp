@@ -13,6 +13,7 @@ namespace obert {
 namespace {
 
 #include "tiling.h"
+#include "att_x86.h"
 
 constexpr int kTok = 32;  // tokens per work item: 4 vectors of 8
 
@@ -250,12 +251,6 @@ void att_quant(const float* x, int64_t n, float inv, const float* inv_col, int8_
   }
 }
 
-inline int32_t load4(const void* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 // s[r][j0 .. j0 + 8 NB): the sign trick as in i8_tile (both sides in [-127, 127], exact)
 template <int NQ, int NB>
 inline void qk_block(const int8_t* q, int64_t Dp, const int8_t* k4, int64_t Lp, int64_t j0,
@@ -351,23 +346,6 @@ void att_pv(const uint8_t* p, int64_t Lp, const int8_t* v4, int64_t Dp, int32_t*
   int64_t d0 = 0;
   for (; d0 + 32 <= Dp; d0 += 32) pv_block<NQ, 4>(p, Lp, v4, Dp, d0, o);
   if (d0 < Dp) pv_block<NQ, 2>(p, Lp, v4, Dp, d0, o);  // Dp is a multiple of 16
-}
-
-// 4 rows of Dp bytes (Dp a multiple of 16) -> [Dp][4]: the 4 keys of each column together
-void att_interleave4(const int8_t* rows, int64_t Dp, int8_t* dst) {
-  for (int64_t d = 0; d < Dp; d += 16) {
-    const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + d));
-    const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + Dp + d));
-    const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + 2 * Dp + d));
-    const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + 3 * Dp + d));
-    const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpacklo_epi8(r2, r3);
-    const __m128i c = _mm_unpackhi_epi8(r0, r1), e = _mm_unpackhi_epi8(r2, r3);
-    __m128i* out = reinterpret_cast<__m128i*>(dst + d * 4);
-    _mm_storeu_si128(out, _mm_unpacklo_epi16(a, b));
-    _mm_storeu_si128(out + 1, _mm_unpackhi_epi16(a, b));
-    _mm_storeu_si128(out + 2, _mm_unpacklo_epi16(c, e));
-    _mm_storeu_si128(out + 3, _mm_unpackhi_epi16(c, e));
-  }
 }
 
 #include "attention.h"

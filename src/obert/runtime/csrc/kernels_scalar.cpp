@@ -10,6 +10,8 @@ float gelu_ref(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865
 
 namespace {
 
+#include "tiling.h"  // with_u, for the attention driver
+
 constexpr int kTok = 16;
 
 inline float finish(float acc, int64_t n, const Out& o) {
@@ -138,21 +140,6 @@ void att_pv(const uint8_t* p, int64_t Lp, const int8_t* v4, int64_t Dp, int32_t*
       for (int64_t j = 0; j < Lp; ++j) acc += (int32_t)p[r * Lp + j] * v4[((j / 4) * Dp + d) * 4 + j % 4];
       o[r * Dp + d] = acc;
     }
-}
-
-// with_u for the attention driver (tiling.h is not used by the scalar kernels)
-template <int U>
-struct Const {
-  static constexpr int value = U;
-};
-template <typename F>
-inline void with_u(int U, F&& f) {
-  switch (U) {
-    case 1: f(Const<1>{}); break;
-    case 2: f(Const<2>{}); break;
-    case 3: f(Const<3>{}); break;
-    default: f(Const<4>{}); break;
-  }
 }
 
 void att_interleave4(const int8_t* rows, int64_t Dp, int8_t* dst) {

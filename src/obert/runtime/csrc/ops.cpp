@@ -158,6 +158,18 @@ int64_t check_sparse(const torch::Tensor& row_ptr, const torch::Tensor& col, int
 constexpr int64_t kGroupCost = 16;  // a group's fixed work, in blocks
 constexpr int64_t kChunks = 4;      // work ranges per thread
 
+// body(i0, i1) over [0, n) in pieces of `step`, each piece taken by whichever of the pool's
+// threads is free next: on a shared machine one core can stall for a while, and a fixed split
+// would wait for it. Pieces are taken in order, so neighbouring work stays together.
+template <typename F>
+void take_in_turn(int64_t n, int64_t step, const F& body) {
+  const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + step - 1) / step));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, P, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(step); i < n; i = next.fetch_add(step)) body(i, std::min(n, i + step));
+  });
+}
+
 template <typename F>
 void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, const F& body) {
   const int64_t items = tiles * groups;
@@ -179,15 +191,11 @@ void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, co
     }
     return lo;
   };
-  // kChunks ranges of equal work per thread, taken in order by whichever thread is free: on a
-  // shared machine one core can stall for a while, and a fixed split would wait for it.
+  // kChunks ranges of equal work per thread, taken in turn
   const int64_t total = tiles * per_tile, C = std::min<int64_t>(items, P * kChunks);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, P, 1, [&](int64_t, int64_t) {
-    for (int64_t c = next++; c < C; c = next++) {
-      const int64_t i0 = first_at(total * c / C), i1 = c + 1 == C ? items : first_at(total * (c + 1) / C);
-      if (i0 < i1) body(i0, i1);
-    }
+  take_in_turn(C, 1, [&](int64_t c, int64_t) {
+    const int64_t i0 = first_at(total * c / C), i1 = c + 1 == C ? items : first_at(total * (c + 1) / C);
+    if (i0 < i1) body(i0, i1);
   });
 }
 
@@ -196,21 +204,26 @@ void parallel_balanced(int64_t tiles, int64_t groups, const int32_t* row_ptr, co
 // to a few cache sets and evict each other (FFN outputs took 2x longer than N + 16). Such
 // outputs get 16 floats of padding per row: the result is y[:, :N] of a [M, N + 16] tensor,
 // a view with unit inner stride, which the next kernel call and torch ops read as it is.
+int64_t row_stride(int64_t N) { return N > 0 && (N * 4) % 2048 == 0 ? N + 16 : N; }
+
 torch::Tensor new_output(int64_t M, int64_t N, const torch::Tensor& x) {
-  if (N > 0 && (N * 4) % 2048 == 0)
-    return torch::empty({M, N + 16}, x.options()).narrow(1, 0, N);
-  return torch::empty({M, N}, x.options());
+  const int64_t ld = row_stride(N);
+  return ld == N ? torch::empty({M, N}, x.options())
+                 : torch::empty({M, ld}, x.options()).narrow(1, 0, N);
+}
+
+// A checked bias for N outputs, or null.
+const float* bias_of(const c10::optional<torch::Tensor>& bias, int64_t N) {
+  if (!bias || !bias->defined()) return nullptr;
+  TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
+                  bias->numel() == N,
+              "bias must be float32 with one value per output");
+  return bias->data_ptr<float>();
 }
 
 obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
-  obert::Out o{y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), nullptr, (int)act};
-  if (bias && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
-                    bias->numel() == y.size(1),
-                "bias must be float32 with one value per output");
-    o.bias = bias->data_ptr<float>();
-  }
-  return o;
+  return {y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), bias_of(bias, y.size(1)),
+          (int)act};
 }
 
 torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
@@ -265,6 +278,26 @@ obert::SpI8 check_i8(int64_t K, const torch::Tensor& row_ptr, const torch::Tenso
           sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
 }
 
+// x quantized per token into the INT8 tile layout (kernels.h) for Mt tokens (whole tiles),
+// in the calling thread's scratch: the activations x4 and their scales sx.
+struct I8Input {
+  uint8_t* x4;
+  float* sx;
+};
+
+I8Input prepare_i8(const Isa* isa, const torch::Tensor& x, int64_t Mt) {
+  const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, ldx = x.stride(0);
+  uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
+  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
+  const float* xp = x.data_ptr<float>();
+  PrepTimer timer;
+  // in whole blocks of 16 tokens (the vector prepares lay out 16 tokens per store)
+  at::parallel_for(0, Mt / 16, 1, [&](int64_t b0, int64_t b1) {
+    isa->i8_prepare(xp, M, K, ldx, x4, sx, b0 * 16, b1 * 16);
+  });
+  return {x4, sx};
+}
+
 torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
                       const torch::Tensor& col, const torch::Tensor& wq, const torch::Tensor& sw,
                       const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
@@ -272,20 +305,11 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
   check_x(x);
   const obert::SpI8 w = check_i8(x.size(1), row_ptr, col, wq, sw, wsum, N);
   const Isa* isa = current().load();
-  const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
+  const int64_t M = x.size(0), K4 = (x.size(1) + 3) / 4, T = isa->tok_tile;
   const int64_t Mt = (M + T - 1) / T * T;  // tokens in whole tiles
   auto y = new_output(M, N, x);
   if (M == 0) return y;
-  uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
-  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
-  const float* xp = x.data_ptr<float>();
-  const int64_t ldx = x.stride(0);
-  {  // in whole blocks of 16 tokens (the vector prepares lay out 16 tokens per store)
-    PrepTimer timer;
-    at::parallel_for(0, Mt / 16, 1, [&](int64_t b0, int64_t b1) {
-      isa->i8_prepare(xp, M, K, ldx, x4, sx, b0 * 16, b1 * 16);
-    });
-  }
+  const auto [x4, sx] = prepare_i8(isa, x, Mt);
   const obert::Out o = make_out(y, bias, act);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
   parallel_balanced(Mt / T, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
@@ -318,56 +342,38 @@ torch::Tensor ffn_i8(const torch::Tensor& x, const torch::Tensor& rp1, const tor
   const obert::SpI8 w1 = check_i8(x.size(1), rp1, col1, wq1, sw1, wsum1, N1);
   const obert::SpI8 w2 = check_i8(N1, rp2, col2, wq2, sw2, wsum2, N2);
   const Isa* isa = current().load();
-  const int64_t M = x.size(0), K = x.size(1), K4 = (K + 3) / 4, T = isa->tok_tile;
+  const int64_t M = x.size(0), K4 = (x.size(1) + 3) / 4, T = isa->tok_tile;
   const int64_t tiles = (M + T - 1) / T, Mt = tiles * T;
   if (tiles < at::get_num_threads()) {
     const auto h = spmm_i8(x, rp1, col1, wq1, sw1, wsum1, N1, b1, 1);
     return spmm_i8(h, rp2, col2, wq2, sw2, wsum2, N2, b2, 0);
   }
   auto y = new_output(M, N2, x);
-  uint8_t* x4 = scratch<uint8_t>(K4 * Mt * 4 + Mt * sizeof(float) + 64);
-  float* sx = reinterpret_cast<float*>(x4 + (K4 * Mt * 4 + 63) / 64 * 64);
-  const float* xp = x.data_ptr<float>();
-  const int64_t ldx = x.stride(0);
-  {
-    PrepTimer timer;
-    at::parallel_for(0, Mt / 16, 1, [&](int64_t q0, int64_t q1) {
-      isa->i8_prepare(xp, M, K, ldx, x4, sx, q0 * 16, q1 * 16);
-    });
-  }
+  const auto [x4, sx] = prepare_i8(isa, x, Mt);
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
-  torch::Tensor bias1 = b1 && b1->defined() ? *b1 : torch::Tensor();
-  torch::Tensor bias2 = b2 && b2->defined() ? *b2 : torch::Tensor();
-  for (const auto* b : {&bias1, &bias2})
-    TORCH_CHECK(!b->defined() || (b->scalar_type() == torch::kFloat32 && b->is_contiguous()),
-                "biases must be contiguous float32");
-  TORCH_CHECK(!bias1.defined() || bias1.numel() == N1, "bias 1 must hold ", N1, " values");
-  TORCH_CHECK(!bias2.defined() || bias2.numel() == N2, "bias 2 must hold ", N2, " values");
-  const int64_t ldh = (N1 * 4) % 2048 == 0 ? N1 + 16 : N1;  // see new_output
+  const float* bias1 = bias_of(b1, N1);
+  const float* bias2 = bias_of(b2, N2);
+  const int64_t ldh = row_stride(N1);  // as new_output would lay it out
   const int64_t K4h = (N1 + 3) / 4;
   const int64_t g1 = (rp1.numel() - 1) / obert::kRowGroup, g2 = (rp2.numel() - 1) / obert::kRowGroup;
   float* yp = y.data_ptr<float>();
   const int64_t ldy = y.stride(0);
-  std::atomic<int64_t> next{0};  // tiles to whichever thread is free (see parallel_balanced)
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    const size_t hb = (size_t)(T * ldh * sizeof(float) + 63) / 64 * 64;
-    const size_t qb = (size_t)(K4h * T * 4 + 63) / 64 * 64;
+  const size_t hb = (size_t)(T * ldh * sizeof(float) + 63) / 64 * 64;
+  const size_t qb = (size_t)(K4h * T * 4 + 63) / 64 * 64;
+  take_in_turn(tiles, 1, [&](int64_t t, int64_t) {  // one tile at a time
     uint8_t* mem = tile_scratch(hb + qb + T * sizeof(float));
     float* h = reinterpret_cast<float*>(mem);
     uint8_t* h4 = mem + hb;
     float* sh = reinterpret_cast<float*>(mem + hb + qb);
-    for (int64_t t = next++; t < tiles; t = next++) {
-      const int64_t mt = std::min(T, M - t * T);
-      const obert::Out o1{h, mt, N1, ldh, bias1.defined() ? bias1.data_ptr<float>() : nullptr, 1};
-      isa->i8_spmm(x4 + t * K4 * T * 4, K4, sx + t * T, w1, o1, g1, 0, g1);
-      {
-        PrepTimer timer(threads);
-        isa->i8_prepare(h, mt, N1, ldh, h4, sh, 0, T);
-      }
-      const obert::Out o2{yp + t * T * ldy, mt, N2, ldy,
-                          bias2.defined() ? bias2.data_ptr<float>() : nullptr, 0};
-      isa->i8_spmm(h4, K4h, sh, w2, o2, g2, 0, g2);
+    const int64_t mt = std::min(T, M - t * T);
+    const obert::Out o1{h, mt, N1, ldh, bias1, 1};
+    isa->i8_spmm(x4 + t * K4 * T * 4, K4, sx + t * T, w1, o1, g1, 0, g1);
+    {
+      PrepTimer timer(threads);
+      isa->i8_prepare(h, mt, N1, ldh, h4, sh, 0, T);
     }
+    const obert::Out o2{yp + t * T * ldy, mt, N2, ldy, bias2, 0};
+    isa->i8_spmm(h4, K4h, sh, w2, o2, g2, 0, g2);
   });
   return y;
 }
@@ -419,14 +425,10 @@ torch::Tensor attention_i8(const torch::Tensor& q, const torch::Tensor& k, const
   a.out = out.data_ptr<float>();
   a.ldo = out.stride(0);
   const Isa* isa = current().load();
-  // heads handed out a few at a time to whichever thread is free (see parallel_balanced)
+  // heads a few at a time, kChunks pieces per thread
   const int64_t BH = batch * heads, P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), BH));
-  const int64_t step = std::max<int64_t>(1, BH / (P * kChunks));
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, P, 1, [&](int64_t, int64_t) {
-    for (int64_t b0 = next.fetch_add(step); b0 < BH; b0 = next.fetch_add(step))
-      isa->i8_attention(a, b0, std::min(BH, b0 + step));
-  });
+  take_in_turn(BH, std::max<int64_t>(1, BH / (P * kChunks)),
+               [&](int64_t b0, int64_t b1) { isa->i8_attention(a, b0, b1); });
   return out;
 }
 

@@ -1,4 +1,5 @@
-// How a work item maps to tokens and output rows, shared by the vector kernels. Included inside
+// How a work item maps to tokens and output rows, shared by the vector kernels (the scalar
+// file takes only with_u, for the attention driver). Included inside
 // each ISA file's anonymous namespace and target pragma, so every file gets its own copy
 // compiled for its own instruction set (no inline function is shared across targets).
 #pragma once

@@ -51,21 +51,28 @@ def minilm_path() -> Path:
     return Path(pkg.get_model_path())
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
-    """A random 2-layer BERT classifier with MiniLM's (real, 30522-token) tokenizer."""
+def tiny_bert(cls_name: str, out: Path, minilm_path: Path) -> Path:
+    """Save a random 2-layer BERT (hidden 32) of transformers' class ``cls_name`` with MiniLM's
+    (real, 30522-token) tokenizer into ``out``."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
 
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,
     )
-    out = tmp_path_factory.mktemp("tiny") / "tiny-bert"
-    BertForSequenceClassification(config).save_pretrained(out, safe_serialization=True)
+    getattr(transformers, cls_name)(config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A random 2-layer BERT classifier with MiniLM's tokenizer."""
+    return tiny_bert("BertForSequenceClassification",
+                     tmp_path_factory.mktemp("tiny") / "tiny-bert", minilm_path)
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +103,10 @@ def minilm_sst2(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path, glu
                "--max-train-samples", "1024", "--quiet"])
     assert rc == 0, "fine-tuning MiniLM failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_mc_dir(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
+    """A random 2-layer BERT multiple-choice model with MiniLM's tokenizer."""
+    return tiny_bert("BertForMultipleChoice", tmp_path_factory.mktemp("tinymc") / "tiny-mc",
+                     minilm_path)

@@ -2,6 +2,7 @@
 
 One table for every command. A case is an argv template and a piece of the expected message;
 the fields are {model} the tiny random BERT, {ft} the tiny model fine-tuned on SST-2 by obert,
+{mc} a tiny random multiple-choice BERT,
 {minilm} MiniLM without a task head, {glue} the GLUE folder, {tmp} a scratch folder holding the
 bad files below, {out} an --output that must not appear. New inputs join the table.
 """
@@ -22,6 +23,7 @@ SQUAD = ("--task squad --validation-file {tmp}/squad-dev.json --train-file {tmp}
 ONESHOT = "oneshot --model {ft} --task sst2 --data-dir {glue} --sparsity 0.5"
 PRUNE = "prune --recipe {tmp}/ok.yaml --model {ft} --task sst2 --data-dir {glue}"
 MLM = "finetune --model {model} --task mlm"
+MC = "finetune --model {model} --task multiple_choice --output {out} --train-file"
 
 CASES: dict[str, tuple[str, str]] = {
     # -- arguments and numbers ---------------------------------------------------------------
@@ -207,6 +209,50 @@ CASES: dict[str, tuple[str, str]] = {
                                 "--streaming --output {out}", "pass --max-train-samples"),
     "head-only-and-keep-sparsity": (f"{MLM} --train-file {{tmp}}/ok.txt --head-only "
                                     "--keep-sparsity --output {out}", "do not go together"),
+    # -- multiple choice ------------------------------------------------------------------------
+    "mc-choice-count": (f"{MC} {{tmp}}/mc-count.jsonl",
+                        "mc-count.jsonl, line 2: it has 2 choices where the first row has 3"),
+    "mc-label-outside": (f"{MC} {{tmp}}/mc-label.jsonl",
+                         "mc-label.jsonl, line 1: label 3 is outside the 3 choices"),
+    "mc-empty-choice": (f"{MC} {{tmp}}/mc-empty.jsonl", "mc-empty.jsonl, line 2: choice 1 is empty"),
+    "mc-csv-without-choices": (f"{MC} {{tmp}}/mc-nochoice.csv",
+                               "mc-nochoice.csv, line 2: it has no choices"),
+    "mc-choice-leaves-no-room": (f"{MC} {{tmp}}/mc-long.jsonl --max-seq-length 16",
+                                 "line 1: the choice"),
+    "mc-not-json": (f"{MC} {{tmp}}/mc-not-json.jsonl", "mc-not-json.jsonl, line 2: not JSON"),
+    "mc-text-file": (f"{MC} {{tmp}}/ok.txt", "unsupported file type for multiple choice"),
+    "mc-no-files-in-folder": ("finetune --model {model} --task multiple_choice --data-dir "
+                              "{tmp}/empty --output {out}", "no train data for multiple_choice"),
+    "mc-dev-unanswered": ("evaluate --model {mc} --task multiple_choice --validation-file "
+                          "{tmp}/mc-unanswered.jsonl", "1 dev row(s) of multiple_choice have "
+                          "no answer"),
+    "mc-model-without-mc-class": ("finetune --model {tmp}/gpt2 --task multiple_choice "
+                                  "--train-file {tmp}/mc-ok.jsonl --output {out}",
+                                  "no multiple-choice head in transformers"),
+    "winogrande-no-blank": ("finetune --model {model} --task winogrande --train-file "
+                            "{tmp}/wg-noblank.jsonl --output {out}",
+                            "line 1: the sentence has 0 blanks"),
+    "winogrande-two-blanks": ("finetune --model {model} --task winogrande --train-file "
+                              "{tmp}/wg-twoblanks.jsonl --output {out}",
+                              "line 2: the sentence has 2 blanks"),
+    "winogrande-unknown-size": ("finetune --model {model} --task winogrande --data-dir {tmp} "
+                                "--dataset-config winogrande_xxl --output {out}",
+                                "is not a WinoGrande size"),
+    "csqa-dataset-config": ("finetune --model {model} --task commonsense_qa --data-dir {tmp} "
+                            "--dataset-config winogrande_l --output {out}",
+                            "--dataset-config is for winogrande"),
+    "csqa-answer-not-a-choice": ("finetune --model {model} --task commonsense_qa --train-file "
+                                 "{tmp}/csqa-bad.jsonl --output {out}",
+                                 "line 1: answerKey 'F' is not one of"),
+    "bench-choices-not-mc": ("bench --model {ft} --choices 3 --repeats 1",
+                             "--choices is for multiple-choice models"),
+    "bench-choices-one": ("bench --model {mc} --choices 1 --repeats 1", "--choices: 1 must be ≥ 2"),
+    "export-mc-model-glue-task": ("export --model {mc} --output {out} --task sst2 --data-dir "
+                                  "{glue}", "has no choices"),
+    "recipe-first-step-zero": ("recipe --target-sparsity 0.9 --epochs 3 --first-step 0",
+                               "--first-step: 0 must be > 0"),
+    "recipe-unknown-family": ("recipe --target-sparsity 0.9 --epochs 3 --task nope",
+                              "unknown task 'nope'"),
 }
 
 OK_RECIPE = """epochs: 1
@@ -244,6 +290,23 @@ def _files(tmp: Path, model: Path) -> None:
     (tmp / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     (tmp / "no-text.jsonl").write_text('{"sentence": "fine film"}\n')
     (tmp / "not-json.jsonl").write_text('{"text": "fine film"}\n{"text": \n')
+    mc = ['{"question": "q", "choices": ["a", "b", "c"], "label": 0}',
+          '{"question": "q", "choices": ["a", "b"], "label": 0}',
+          '{"question": "q", "choices": ["a", "b", "c"], "label": 3}',
+          '{"question": "q", "choices": ["a", "", "c"], "label": 0}',
+          '{"question": "q", "choices": ["' + "long " * 40 + '", "b"], "label": 0}',
+          '{"question": "q", "choices": ["a", "b", "c"]}']
+    for name, lines in (("mc-ok", [0, 0]), ("mc-count", [0, 1]), ("mc-label", [2]),
+                        ("mc-empty", [0, 3]), ("mc-long", [4]), ("mc-unanswered", [0, 5])):
+        (tmp / f"{name}.jsonl").write_text("".join(mc[i] + "\n" for i in lines))
+    (tmp / "mc-not-json.jsonl").write_text(mc[0] + "\n" + '{"question": \n')
+    (tmp / "mc-nochoice.csv").write_text("question,label\nq,0\n")
+    wg = '{"sentence": "%s", "option1": "a", "option2": "b", "answer": "1"}\n'
+    (tmp / "wg-noblank.jsonl").write_text(wg % "no blank here")
+    (tmp / "wg-twoblanks.jsonl").write_text(wg % "I saw _." + wg % "_ saw _.")
+    (tmp / "csqa-bad.jsonl").write_text(
+        '{"answerKey": "F", "question": {"stem": "q", "choices": [{"label": "A", "text": "x"}, '
+        '{"label": "B", "text": "y"}]}}\n')
     (tmp / "gpt2").mkdir(exist_ok=True)
     (tmp / "gpt2" / "config.json").write_text('{"model_type": "gpt2", "n_positions": 128}')
     (tmp / "ok.yaml").write_text(OK_RECIPE)
@@ -274,9 +337,11 @@ def _assert_one_error_line(stderr: str, expected: str) -> None:
 
 
 @pytest.fixture
-def fields(tmp_path, tiny_model_dir, tiny_finetuned_dir, minilm_path, glue_dir) -> dict:
+def fields(tmp_path, tiny_model_dir, tiny_finetuned_dir, minilm_path, glue_dir,
+           tiny_mc_dir) -> dict:
     _files(tmp_path, tiny_model_dir)
     return {"model": tiny_model_dir, "ft": tiny_finetuned_dir, "minilm": minilm_path,
+            "mc": tiny_mc_dir,
             "glue": glue_dir, "tmp": tmp_path, "out": tmp_path / "out"}
 
 

@@ -71,7 +71,7 @@ def test_bundled_recipes_match_the_paper():
     assert {"obert-glue-block4-80", "obert-glue-block4-90", "obert-glue-init30-80"} <= names
     transfer = {"sparse-transfer-glue", "sparse-transfer-squad"}
     assert transfer <= names
-    for name in names - transfer:
+    for name in names - transfer - {"smc-bench-gmp"}:  # SMC-Bench's own setup has no twin
         r = load_recipe(name)
         twin = load_recipe(name.replace("obert-", "gmp-") if name.startswith("obert-")
                            else name.replace("gmp-", "obert-"))

@@ -69,10 +69,12 @@ def _regex(text: str) -> str:
 def _data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     p.add_argument("--model", required=True, help="hub id or local model folder")
     p.add_argument("--task", required=True,
-                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp, squad, or mlm "
-                   "(masked-language modelling on text)")
-    p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout) or SQuAD "
-                   "folder (default: $OBERT_GLUE_DIR / $OBERT_SQUAD_DIR, else the hub)")
+                   help="sst2, mrpc, rte, qnli, cola, stsb, mnli, qqp, squad, mlm "
+                   "(masked-language modelling on text), commonsense_qa, winogrande, or "
+                   "multiple_choice (any multiple-choice set from --train-file/--validation-file)")
+    p.add_argument("--data-dir", help="local GLUE folder (TSV or hub parquet layout), SQuAD "
+                   "folder, or a folder holding commonsense_qa/ and winogrande/ (default: "
+                   "$OBERT_GLUE_DIR / $OBERT_SQUAD_DIR / $OBERT_MC_DIR, else the hub)")
     if train:
         p.add_argument("--train-file", help="explicit train file (.tsv/.csv/.json/.jsonl/"
                        ".parquet; SQuAD-format .json for squad; for mlm .txt, one document "
@@ -80,12 +82,14 @@ def _data_args(p: argparse.ArgumentParser, train: bool = True) -> None:
     p.add_argument("--validation-file", help="explicit dev file (same formats)")
     p.add_argument("--dataset", help="mlm: a hub corpus instead of text files (e.g. wikipedia); "
                    "without a validation split its last 5%% of train is the dev split")
-    p.add_argument("--dataset-config", help="mlm: the hub corpus's config (e.g. 20231101.en)")
+    p.add_argument("--dataset-config", help="mlm: the hub corpus's config (e.g. 20231101.en); "
+                   "winogrande: its training size, winogrande_xs ... winogrande_xl (default: "
+                   "xl on the hub, the largest train_* file in a local folder)")
     p.add_argument("--streaming", action="store_true", help="mlm: stream the hub corpus and "
                    "keep only its first --max-train-samples documents (no full download)")
     p.add_argument("--max-seq-length", type=SEQ_LEN,
-                   help="tokens per row (default: 128 for GLUE, 384 for squad; prune: the "
-                   "recipe's)")
+                   help="tokens per row (default: 128 for GLUE, 384 for squad, 64 per choice "
+                   "for multiple choice; prune: the recipe's)")
     p.add_argument("--doc-stride", type=COUNT, default=128,
                    help="squad: overlap of the windows over a long context, in tokens")
     p.add_argument("--split-articles", type=COUNT, metavar="N",
@@ -146,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regex of extra modules to prune (e.g. classifier); repeatable")
     p.add_argument("--exclude", type=_regex, action="append", default=[],
                    help="regex of modules to leave dense (e.g. query|key); repeatable")
+    p.add_argument("--prune-embeddings", action="store_true",
+                   help="also prune the embedding tables (word, position, token type), as "
+                   "SMC-Bench did; counted in the global sparsity")
+    p.add_argument("--prune-head", action="store_true",
+                   help="also prune the Linears outside the layer stack (pooler, classifier)")
     p.add_argument("--evaluate", action="store_true", help="also score the dev split")
 
     p = sub.add_parser("prune", help="gradual pruning with distillation, by a recipe")
@@ -189,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=POSITIVE, help="training epochs in all")
     p.add_argument("--method", default="obert", help="obert or magnitude (GMP*)")
     p.add_argument("--mask", default="unstructured", help="unstructured or block4")
+    p.add_argument("--task", default="glue", help="glue, squad or mc (multiple choice), or a "
+                   "task name: sets batch, tokens per row and the KD temperature")
+    p.add_argument("--first-step", type=_number(float, 0, 1, low_open=True), default=0.7,
+                   help="sparsity of the first pruning step (0.3: the paper's init30 variant "
+                   "for 6- and 3-layer models)")
     p.add_argument("--list", action="store_true", help="list the bundled recipes")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # prints no bars
 
     p = sub.add_parser("evaluate", help="score a model on a task split")
     _data_args(p, train=False)
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
     p.add_argument("--seq-len", type=COUNT, default=128, help="tokens per row")
     p.add_argument("--batch-size", type=COUNT, default=1, help="rows per forward pass")
+    p.add_argument("--choices", type=_number(int, 2), help="multiple-choice models: choices per "
+                   "row, each one sequence (default: 5, as CommonsenseQA)")
     p.add_argument("--threads", type=COUNT, help="intra-op threads (default: torch's)")
     p.add_argument("--warmup", type=_number(int, 0), default=5, help="untimed runs first")
     p.add_argument("--repeats", type=COUNT, default=20, help="timed runs per engine")
@@ -297,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = StepConfig(method=args.method, mask=args.mask, scope=args.scope,
                          recomputations=args.recomputations, fisher=fisher)
         wf.run_oneshot(args.model, _data(args), cfg, args.sparsity, args.output,
-                       TargetsConfig(args.include, args.exclude), _seq_len(args),
+                       TargetsConfig(args.include, args.exclude, args.prune_embeddings,
+                                     args.prune_head), _seq_len(args),
                        args.evaluate, args.overwrite, args.quiet)
     elif args.command == "prune":
         from obert.training.recipe import load_recipe
@@ -356,16 +374,23 @@ def _bench(args: argparse.Namespace) -> int:
     from obert.workflows.common import set_quiet
 
     set_quiet(args.quiet)
+    from obert.models import is_multiple_choice
     from obert.runtime.bench import format_table, run_bench
 
     model = load_for_inference(args.model)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and args.seq_len > max_pos:
         raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
+    choices = args.choices
+    if is_multiple_choice(model):
+        choices = choices or 5
+    elif choices is not None:
+        raise ObertError(f"--choices is for multiple-choice models; {args.model} is a "
+                         f"{type(model).__name__}")
     score = _bench_scorer(args) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
                        args.repeats, engines, quiet=args.quiet, score=score,
-                       profile=args.profile, autotune=args.autotune)
+                       profile=args.profile, autotune=args.autotune, choices=choices)
     if args.task:
         report["task"] = args.task
     report["model"] = args.model
@@ -392,7 +417,7 @@ def _bench_scorer(args: argparse.Namespace):
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from obert.training.recipe import bundled_recipes, scaled_recipe
+    from obert.training.recipe import bundled_recipes, scaled_recipe, task_family
 
     if args.list:
         for name, path in sorted(bundled_recipes().items()):
@@ -401,9 +426,12 @@ def _recipe(args: argparse.Namespace) -> int:
         return 0
     if args.target_sparsity is None or args.epochs is None:
         raise ObertError("obert recipe needs --target-sparsity and --epochs (or --list)")
-    recipe = scaled_recipe(args.target_sparsity, args.epochs, args.method, args.mask)
+    family = task_family(args.task)
+    recipe = scaled_recipe(args.target_sparsity, args.epochs, args.method, args.mask,
+                           args.first_step, family)
     print(f"# obert recipe --target-sparsity {args.target_sparsity:g} --epochs {args.epochs:g} "
-          f"--method {args.method} --mask {args.mask}")
+          f"--method {args.method} --mask {args.mask} --task {family} "
+          f"--first-step {args.first_step:g}")
     print(recipe.to_yaml(), end="")
     return 0
 

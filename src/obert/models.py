@@ -108,25 +108,20 @@ def check_seq_len(config, n: int, flag: str = "--max-seq-length") -> None:
 def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     """The task's model: an ``AutoModelForSequenceClassification`` with the task's label count
     and names, an ``AutoModelForQuestionAnswering`` for a QA task, an ``AutoModelForMaskedLM``
-    for MLM.
+    for MLM, an ``AutoModelForMultipleChoice`` (one score per choice) for multiple choice.
 
     Only safetensors weights are accepted: a pickled checkpoint is never unpickled. With
     ``with_info`` it returns ``(model, HeadInfo)``: whether every weight, the task head
     included, came from the checkpoint, and which task its config says it was trained for.
     """
-    from transformers import (
-        AutoModelForMaskedLM,
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-    )
-
     config = load_config(name_or_path)
-    auto = (AutoModelForMaskedLM if task.is_mlm else AutoModelForQuestionAnswering
-            if task.is_qa else AutoModelForSequenceClassification)
-    if task.is_mlm:
-        check_mlm_class(config, name_or_path)
-    same_task = config.num_labels == task.num_labels and getattr(config, "finetuning_task", None) == task.name
+    auto = auto_class(task)
+    check_head_class(config, name_or_path, task)
+    trained_for = getattr(config, "finetuning_task", None)
+    same_task = trained_for == task.name and (task.is_mc or config.num_labels == task.num_labels)
     kwargs = {}
+    if not same_task and task.is_mc:  # one score per choice: a classifier's head does not fit
+        kwargs = dict(ignore_mismatched_sizes=True)
     if not same_task and task.kind == "classification":  # QA and MLM heads have fixed shapes
         kwargs = dict(num_labels=task.num_labels, ignore_mismatched_sizes=True)
         if task.label_names:
@@ -140,7 +135,6 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
         )
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
-    trained_for = getattr(config, "finetuning_task", None)
     if not task.is_mlm:  # an MLM model stays what it was (pretrained or fine-tuned elsewhere)
         model.config.finetuning_task = task.name
     if with_info:
@@ -149,15 +143,30 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     return model
 
 
-def check_mlm_class(config, name: str) -> None:
-    """Refuse a model type that transformers has no masked-LM head for."""
-    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+def auto_class(task: TaskSpec):
+    """The transformers Auto class of a task's model."""
+    import transformers as tf
 
-    if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
-        kind = getattr(config, "model_type", type(config).__name__)
-        raise ObertError(f"{name} is a {kind} model, which has no masked-language-model head "
-                         "in transformers (no AutoModelForMaskedLM class): the mlm task needs "
-                         "an encoder such as BERT, RoBERTa or DistilBERT")
+    return {"mlm": tf.AutoModelForMaskedLM, "qa": tf.AutoModelForQuestionAnswering,
+            "multiple_choice": tf.AutoModelForMultipleChoice}.get(
+                task.kind, tf.AutoModelForSequenceClassification)
+
+
+def check_head_class(config, name: str, task: TaskSpec) -> None:
+    """Refuse a model type that transformers has no class for the task's head (MLM, multiple
+    choice); the other heads exist for every encoder."""
+    import transformers as tf
+
+    need = {"mlm": (tf.MODEL_FOR_MASKED_LM_MAPPING, "masked-language-model", "AutoModelForMaskedLM",
+                    "the mlm task"),
+            "multiple_choice": (tf.MODEL_FOR_MULTIPLE_CHOICE_MAPPING, "multiple-choice",
+                                "AutoModelForMultipleChoice", "multiple choice")}.get(task.kind)
+    if need is None or type(config) in need[0]:
+        return
+    kind = getattr(config, "model_type", type(config).__name__)
+    mapping, head, cls, what = need
+    raise ObertError(f"{name} is a {kind} model, which has no {head} head in transformers (no "
+                     f"{cls} class): {what} needs an encoder such as BERT, RoBERTa or DistilBERT")
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,13 @@ def _first_sentence(e: Exception, limit: int = 240) -> str:
     end = text.find(". ")
     text = text[: end + 1] if 0 < end < limit else text
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def is_multiple_choice(model) -> bool:
+    """A multiple-choice model: it takes [batch, choices, tokens] and scores each choice."""
+    from transformers import MODEL_FOR_MULTIPLE_CHOICE_MAPPING
+
+    return type(model) in MODEL_FOR_MULTIPLE_CHOICE_MAPPING.values()
 
 
 def load_for_inference(name_or_path: str):

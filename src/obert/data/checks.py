@@ -29,6 +29,12 @@ def check_split(ds: datasets.Dataset, task: TaskSpec, split: str, where: str) ->
             raise ObertError(f"{where}: {len(bad)} {split} row(s) of {task.name} have no numeric "
                              f"label (first: {bad[0]!r}); {task.name} needs a score per row")
         return ds
+    if task.is_mc:  # each row's label was checked against its own choices when read
+        missing = sum(v == -1 for v in labels)
+        if missing:
+            raise ObertError(f"{where}: {missing} {split} row(s) of {task.name} have no answer; "
+                             f"every {split} row needs the index of its right choice")
+        return ds
     allowed = range(task.num_labels)
     bad = [v for v in labels if not _integer(v) or int(v) not in allowed]
     if bad:

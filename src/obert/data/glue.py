@@ -167,12 +167,19 @@ def load_split(
     split: str = "dev",
     data_dir: str | os.PathLike | None = None,
     data_file: str | os.PathLike | None = None,
+    config: str | None = None,
 ) -> datasets.Dataset:
-    """Load one split: an explicit file, else a local folder, else the hub's ``glue`` dataset."""
+    """Load one split: an explicit file, else a local folder, else the hub's ``glue`` dataset.
+    SQuAD and the multiple-choice tasks have loaders of their own (``config``: WinoGrande's
+    size)."""
     if task.is_qa:
         from obert.data.qa import load_squad_split
 
         return load_squad_split(split, data_dir, data_file)
+    if task.is_mc:
+        from obert.data.mc import load_mc_split
+
+        return load_mc_split(task, split, data_dir, data_file, config)
     if split not in task.hub_splits:
         raise ObertError(
             f"task {task.name} has no split {split!r}: choose one of {', '.join(task.splits)}"

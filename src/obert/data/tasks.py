@@ -1,7 +1,9 @@
-"""The GLUE task registry: text columns, labels, splits and metrics of each task.
+"""The task registry: text columns, labels, splits and metrics of each task.
 
-Column names follow the Hugging Face ``glue`` dataset (the hub's parquet layout). ``tsv_*``
-fields describe the official GLUE TSV layout, where names and label values differ.
+GLUE column names follow the Hugging Face ``glue`` dataset (the hub's parquet layout). ``tsv_*``
+fields describe the official GLUE TSV layout, where names and label values differ. Multiple
+choice tasks (CommonsenseQA, WinoGrande, any set in the generic form) are read into one layout
+by ``obert.data.mc``: a ``stem``, a list of ``choices`` and the index of the right one.
 """
 
 from __future__ import annotations
@@ -31,9 +33,13 @@ class TaskSpec:
     tsv_no_header: tuple[str, ...] = ()
     # TSV label strings -> ids (empty: labels are numbers already)
     tsv_label_map: dict[str, int] = field(default_factory=dict)
-    # "classification" (GLUE, regression included), "qa" (extractive, SQuAD) or "mlm"
-    # (masked-language modelling on a text corpus, see ``obert.data.mlm``)
+    # "classification" (GLUE, regression included), "qa" (extractive, SQuAD), "mlm"
+    # (masked-language modelling on a text corpus, see ``obert.data.mlm``) or
+    # "multiple_choice" (one score per choice, see ``obert.data.mc``; num_labels is the number
+    # of choices, 0 when the data decides)
     kind: str = "classification"
+    # multiple choice: the hub dataset id and its default config
+    hub_dataset: str = ""
 
     @property
     def is_qa(self) -> bool:
@@ -44,8 +50,12 @@ class TaskSpec:
         return self.kind == "mlm"
 
     @property
+    def is_mc(self) -> bool:
+        return self.kind == "multiple_choice"
+
+    @property
     def default_max_length(self) -> int:
-        return 384 if self.is_qa else 128
+        return 384 if self.is_qa else 64 if self.is_mc else 128
 
     @property
     def grad_batch_size(self) -> int:
@@ -54,7 +64,7 @@ class TaskSpec:
 
     @property
     def is_regression(self) -> bool:
-        return self.num_labels == 1
+        return self.kind == "classification" and self.num_labels == 1
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -122,6 +132,22 @@ TASKS: dict[str, TaskSpec] = {
             "squad", {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
             {"train": "train", "dev": "validation"}, kind="qa",
         ),
+        # Multiple choice: accuracy over the choices (chance is 1 / choices).
+        TaskSpec(
+            "commonsense_qa", "", ("stem", "choices"), 5, ("accuracy",), "accuracy",
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            kind="multiple_choice", hub_dataset="tau/commonsense_qa",
+        ),
+        TaskSpec(
+            "winogrande", "winogrande_xl", ("stem", "choices"), 2, ("accuracy",), "accuracy",
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            kind="multiple_choice", hub_dataset="allenai/winogrande",
+        ),
+        TaskSpec(
+            "multiple_choice", "", ("stem", "choices"), 0, ("accuracy",), "accuracy",
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            kind="multiple_choice",
+        ),
         # Any text: masked-token accuracy, perplexity and loss over the masked positions.
         TaskSpec(
             "mlm", "", ("text",), 0, ("accuracy", "perplexity", "loss"), "accuracy",
@@ -130,7 +156,10 @@ TASKS: dict[str, TaskSpec] = {
     ]
 }
 
-_ALIASES = {"squad1": "squad", "squad_v1": "squad", "sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli", "mnli_matched": "mnli"}
+_ALIASES = {"squad1": "squad", "squad_v1": "squad", "sst-2": "sst2", "sts-b": "stsb",
+            "mnli-m": "mnli", "mnli_matched": "mnli", "csqa": "commonsense_qa",
+            "commonsenseqa": "commonsense_qa", "commonsense-qa": "commonsense_qa",
+            "multiple-choice": "multiple_choice", "mc": "multiple_choice"}
 
 
 def get_task(name: str) -> TaskSpec:

@@ -14,7 +14,12 @@ def encode(
     """Return input_ids/attention_mask(/token_type_ids) and ``labels``; padding is left to the
     collator, so batches pad only to their longest row. For QA, training windows with
     ``start_positions``/``end_positions`` (see ``obert.data.qa``). For MLM, blocks of exactly
-    ``max_length`` tokens (``obert.data.mlm.group_texts``), masked later by the collator."""
+    ``max_length`` tokens (``obert.data.mlm.group_texts``), masked later by the collator. For
+    multiple choice, one pair per choice, nested [choices][tokens] (``obert.data.mc``)."""
+    if task.is_mc:
+        from obert.data.mc import encode_choices
+
+        return encode_choices(ds, tokenizer, max_length)
     if task.is_mlm:
         from obert.data.mlm import group_texts
 
@@ -39,7 +44,12 @@ def encode(
 
 def collator(task: TaskSpec | None, tokenizer, seed: int | None = None):
     """The task's batch maker: padding to the longest row, plus BERT's masking for MLM
-    (``seed`` fixes the masks; None draws them from torch's global generator)."""
+    (``seed`` fixes the masks; None draws them from torch's global generator); for multiple
+    choice, every choice padded to the batch's longest, [rows, choices, tokens]."""
+    if task is not None and task.is_mc:
+        from obert.data.mc import ChoiceCollator
+
+        return ChoiceCollator(tokenizer)
     if task is not None and task.is_mlm:
         from obert.data.mlm import masking_collator
 

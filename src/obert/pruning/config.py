@@ -100,11 +100,15 @@ class StepConfig:
 
 @dataclass
 class TargetsConfig:
-    """Which Linears are pruned beyond the encoder's (``include``) or spared (``exclude``):
-    regexes searched in module names (see ``obert.pruning.targets``)."""
+    """Which weights are pruned beyond the encoder's Linears: the embedding tables
+    (``embeddings``), the Linears outside the layer stack (``head``: pooler and classifier),
+    Linears by name (``include``), or spared (``exclude``): regexes searched in module names
+    (see ``obert.pruning.targets``). Both flags off is 2312.13547's first guideline."""
 
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    embeddings: bool = False
+    head: bool = False
 
     def check(self, name: Namer = cli_name, error: type[ObertError] = ObertError) -> TargetsConfig:
         import re

@@ -1,9 +1,14 @@
-"""Find the weights to prune: the encoder's Linear layers, by module role.
+"""Find the weights to prune: the encoder's Linear layers, by module role; on request the
+embeddings and the task head too.
 
 By default a target is an ``nn.Linear`` inside a numbered transformer layer
 (``...layer.3.attention.self.query``). That covers BERT, RoBERTa, MiniLM, ELECTRA and DistilBERT
 (``transformer.layer.N``) without listing architectures. Embeddings, pooler and task head are
-outside the layer stack and so excluded, unless ``include`` asks for them.
+outside the layer stack and so excluded (the papers' targets, and 2312.13547's first guideline),
+unless asked for: ``embeddings`` adds every ``nn.Embedding`` (word, position and token-type
+tables, as SMC-Bench pruned them), ``head`` every Linear outside the layer stack (pooler and
+classifier), ``include`` any Linear by name. A weight shared by two modules (an MLM decoder tied
+to the word embeddings) is one target.
 """
 
 from __future__ import annotations
@@ -41,25 +46,34 @@ def role_of(module_name: str) -> str:
 
 
 def find_targets(
-    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
-) -> dict[str, nn.Linear]:
-    """Map module name -> Linear to prune, in model order.
+    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None,
+    embeddings: bool = False, head: bool = False,
+) -> dict[str, nn.Module]:
+    """Map module name -> module to prune (an ``nn.Linear``, or an ``nn.Embedding`` with
+    ``embeddings``), in model order.
 
     ``include``: regexes (searched in the module name) that add Linears anywhere, e.g.
-    ``classifier`` or ``pooler``; ``exclude``: regexes that remove matches, e.g. ``query|key``.
+    ``classifier`` or ``pooler``; ``exclude``: regexes that remove matches, e.g. ``query|key``;
+    ``embeddings``: every embedding table; ``head``: every Linear outside the layer stack.
     """
     inc = [re.compile(p) for p in include or []]
     exc = [re.compile(p) for p in exclude or []]
-    found: dict[str, nn.Linear] = {}
+    found: dict[str, nn.Module] = {}
+    seen: set[int] = set()
     excluded = 0
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if isinstance(mod, nn.Linear):
+            in_stack = bool(LAYER_STACK.search(name))
+            wanted = in_stack or (head and not in_stack) or any(p.search(name) for p in inc)
+        else:
+            wanted = embeddings and isinstance(mod, nn.Embedding)
+        if not wanted or id(mod.weight) in seen:
             continue
-        wanted = bool(LAYER_STACK.search(name)) or any(p.search(name) for p in inc)
-        if wanted and any(p.search(name) for p in exc):
+        if any(p.search(name) for p in exc):
             excluded += 1
-        elif wanted:
-            found[name] = mod
+            continue
+        seen.add(id(mod.weight))
+        found[name] = mod
     if not found and excluded:
         raise ObertError(
             f"{type(model).__name__} has no prunable layers left: --exclude removed all "
@@ -73,8 +87,15 @@ def find_targets(
     return found
 
 
-def check_group_shape(targets: dict[str, nn.Linear], k: int, fix: str) -> None:
-    """Refuse a target whose input dimension is not a multiple of the group size ``k``."""
+def is_encoder_linear(name: str, module: nn.Module) -> bool:
+    """An ``nn.Linear`` inside the numbered layer stack (the default targets)."""
+    return isinstance(module, nn.Linear) and bool(LAYER_STACK.search(name))
+
+
+def check_group_shape(targets: dict[str, nn.Module], k: int, fix: str) -> None:
+    """Refuse a target whose rows (a Linear's inputs, an embedding's width) are not a multiple
+    of the group size ``k``."""
     for name, mod in targets.items():
-        if mod.in_features % k:
-            raise ObertError(f"{name} has {mod.in_features} inputs, not a multiple of {k}: {fix}")
+        width = mod.weight.shape[1]
+        if width % k:
+            raise ObertError(f"{name} has rows of {width} weights, not a multiple of {k}: {fix}")

@@ -30,17 +30,20 @@ class EngineResult:
     metrics: dict | None = None  # the task metrics of this engine (``score``), when asked
 
 
-def example_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0) -> dict:
-    """Random token ids (the vocabulary's ordinary range) with a full attention mask."""
+def example_inputs(model: nn.Module, batch_size: int, seq_len: int, seed: int = 0,
+                   choices: int | None = None) -> dict:
+    """Random token ids (the vocabulary's ordinary range) with a full attention mask; with
+    ``choices``, [batch, choices, tokens] for a multiple-choice model."""
     g = torch.Generator().manual_seed(seed)
     vocab = int(getattr(model.config, "vocab_size", 30522))
     lo = min(1000, vocab // 2)
+    shape = (batch_size, seq_len) if choices is None else (batch_size, choices, seq_len)
     inputs = {
-        "input_ids": torch.randint(lo, vocab, (batch_size, seq_len), generator=g),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+        "input_ids": torch.randint(lo, vocab, shape, generator=g),
+        "attention_mask": torch.ones(shape, dtype=torch.long),
     }
     if getattr(model.config, "type_vocab_size", 0):
-        inputs["token_type_ids"] = torch.zeros(batch_size, seq_len, dtype=torch.long)
+        inputs["token_type_ids"] = torch.zeros(shape, dtype=torch.long)
     return inputs
 
 
@@ -86,18 +89,20 @@ def build_engines(model: nn.Module, names=ENGINES, autotune: bool = False,
 def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads: int | None = None,
               warmup: int = 5, repeats: int = 20, engines=ENGINES, quiet: bool = False,
               score: Callable[[nn.Module], dict] | None = None, profile: bool = False,
-              autotune: bool = False) -> dict:
+              autotune: bool = False, choices: int | None = None) -> dict:
     """Time each engine on the same inputs; speed-ups are ratios measured in this one run.
     ``score(engine)``: the task metrics of each engine (``obert bench --task``), so accuracy
     and latency come from the same modules. ``profile``: where each engine's time goes
     (``obert.runtime.profile``), timed after the plain runs. ``autotune``: the sparse engines
-    choose dense or sparse per layer by timing both at this batch × sequence length."""
+    choose dense or sparse per layer by timing both at this batch × sequence length.
+    ``choices``: a multiple-choice model's inputs are [batch, choices, tokens] (each row is
+    ``choices`` sequences; throughput counts rows)."""
     from tqdm.auto import tqdm
 
     if threads is not None:
         torch.set_num_threads(threads)
-    built = build_engines(model, engines, autotune, batch_size * seq_len)
-    inputs = example_inputs(model, batch_size, seq_len)
+    built = build_engines(model, engines, autotune, batch_size * (choices or 1) * seq_len)
+    inputs = example_inputs(model, batch_size, seq_len, choices=choices)
     results: list[EngineResult] = []
     with torch.inference_mode():
         ref = main_output(model(**inputs)).float()
@@ -128,7 +133,8 @@ def run_bench(model: nn.Module, seq_len: int = 128, batch_size: int = 1, threads
     layers = {n: summary(e)["engines"] for n, e in built.items() if n.startswith("sparse")}
     return {
         "results": [asdict(r) for r in results],
-        "seq_len": seq_len, "batch_size": batch_size, "threads": torch.get_num_threads(),
+        "seq_len": seq_len, "batch_size": batch_size, "choices": choices,
+        "threads": torch.get_num_threads(),
         "warmup": warmup, "repeats": repeats, "isa": isa(), "torch": torch.__version__,
         "layers": layers, "linear_sparsity": linear_sparsity(model),
         **({"profile": profiles} if profiles else {}), "autotune": autotune,
@@ -146,7 +152,9 @@ def linear_sparsity(model: nn.Module) -> float:
 
 
 def format_table(report: dict) -> str:
-    head = (f"seq {report['seq_len']}, batch {report['batch_size']}, {report['threads']} threads, "
+    per = f" x {report['choices']} choices" if report.get("choices") else ""
+    head = (f"seq {report['seq_len']}, batch {report['batch_size']}{per}, "
+            f"{report['threads']} threads, "
             f"kernels {report['isa']}, linear sparsity {report['linear_sparsity']:.1%}, "
             f"median of {report['repeats']} runs after {report['warmup']} warm-up")
     metric = next((k for r in report["results"] if r.get("metrics")

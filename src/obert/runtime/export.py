@@ -119,7 +119,8 @@ def for_export(model: nn.Module, int8: bool,
 def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: dict[str, torch.Tensor],
                 int8: bool = False, weight_scales: dict[str, torch.Tensor] | None = None,
                 tolerance: float | None = None, opset: int = OPSET) -> ExportReport:
-    """Export ``model`` (dynamic batch and sequence axes) to ``path`` and check it on
+    """Export ``model`` (dynamic batch, sequence and, for multiple choice, choices axes) to
+    ``path`` and check it on
     ``inputs`` (tokenized real rows). The file is written beside ``path`` and renamed into
     place only when the check passes; otherwise ObertError with the measured difference."""
     onnx, ort = _require_onnx()
@@ -134,6 +135,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: dict[str, tor
         ref = wrapper(*args)
     refs = [r.float().numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
     outputs = ["start_logits", "end_logits"] if len(refs) == 2 else ["logits"]
+    # multiple choice: inputs [batch, choices, tokens], one logit per choice
+    axes = (["batch", "choices", "sequence"] if inputs["input_ids"].dim() == 3
+            else ["batch", "sequence"])
+    dynamic = {n: dict(enumerate(axes)) for n in names}
+    dynamic.update({o: dict(enumerate(axes[:2])) for o in outputs})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -141,7 +147,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, inputs: dict[str, tor
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper, args, str(tmp), input_names=names, output_names=outputs,
-                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + outputs},
+                dynamic_axes=dynamic,
                 opset_version=opset, do_constant_folding=True, dynamo=False)
         graph = onnx.load(str(tmp))
         n_int8 = _to_qdq(onnx, graph, exported) if int8 else 0

@@ -1,5 +1,5 @@
-"""Evaluate a model on a split, with a progress bar: GLUE classifiers, SQuAD readers and
-masked-language models."""
+"""Evaluate a model on a split, with a progress bar: GLUE classifiers, multiple-choice models,
+SQuAD readers and masked-language models."""
 
 from __future__ import annotations
 
@@ -13,13 +13,22 @@ from obert.data.metrics import compute_metrics
 from obert.data.tasks import TaskSpec
 
 
+def _length(ids: list) -> int:
+    """Tokens of a row: its length, or its longest choice's for multiple choice."""
+    return max(map(len, ids)) if ids and isinstance(ids[0], list) else len(ids)
+
+
 @torch.no_grad()
-def predict(model, encoded, tokenizer, batch_size: int = 64, quiet: bool = False) -> np.ndarray:
-    """Logits for every row of ``encoded``, in order. Rows are batched by length (less padding)."""
+def predict(model, encoded, tokenizer, batch_size: int = 64, quiet: bool = False,
+            task: TaskSpec | None = None) -> np.ndarray:
+    """Logits for every row of ``encoded``, in order. Rows are batched by length (less padding);
+    ``task`` picks the collator (multiple choice pads [rows, choices, tokens])."""
+    from obert.data.tokenize import collator
+
     model.eval()
-    order = np.argsort([len(x) for x in encoded["input_ids"]], kind="stable")
+    order = np.argsort([_length(x) for x in encoded["input_ids"]], kind="stable")
     rows = encoded.select(order).remove_columns(["labels"])
-    loader = DataLoader(rows, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
+    loader = DataLoader(rows, batch_size=batch_size, collate_fn=collator(task, tokenizer))
     device = next(model.parameters()).device
     out = []
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=quiet):
@@ -34,7 +43,7 @@ def evaluate(
     model, encoded, tokenizer, task: TaskSpec, batch_size: int = 64, quiet: bool = False
 ) -> dict[str, float]:
     """The task's metrics on ``encoded`` plus ``n``, the number of rows scored."""
-    logits = predict(model, encoded, tokenizer, batch_size, quiet)
+    logits = predict(model, encoded, tokenizer, batch_size, quiet, task)
     metrics = compute_metrics(task, logits, np.asarray(encoded["labels"]))
     return {**metrics, "n": len(encoded)}
 

@@ -242,6 +242,10 @@ def _convert(value, tp, key: str):
             kind = "integers" if item is int else "strings"
             raise RecipeError(f"recipe key {key} must be a list of {kind}")
         return list(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"recipe key {key} must be true or false, not {value!r}")
+        return value
     if tp is float:
         # YAML 1.1 reads 8e-5 (no dot) as a string: accept any number-like value.
         if isinstance(value, bool):
@@ -312,9 +316,33 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 # --- the sparsity-scaled rule ---------------------------------------------------------------
 
 
+# What a recipe's task family sets beside the schedule: batch, tokens per row, the Fisher's
+# gradient batch, the KD temperature. Multiple choice follows 2312.13547's third guideline:
+# pure KD at a higher temperature than the usual 1-2 (5.5, the oBERT paper's upstream and
+# sparse-transfer value, PAPER.md §2); batch 16 as SMC-Bench trained (PAPER.md §6).
+FAMILIES = {
+    "glue": {"batch_size": 32, "max_seq_length": 128, "grad_batch_size": 16, "temperature": 2.0},
+    "squad": {"batch_size": 16, "max_seq_length": 384, "grad_batch_size": 8, "temperature": 2.0},
+    "mc": {"batch_size": 16, "max_seq_length": 64, "grad_batch_size": 16, "temperature": 5.5},
+}
+
+
+def task_family(task: str) -> str:
+    """The recipe family of a task name (or a family name itself): glue, squad or mc."""
+    if task in FAMILIES:
+        return task
+    from obert.data.tasks import get_task
+
+    spec = get_task(task)
+    if spec.is_mlm:
+        raise RecipeError("mlm recipes are bundled (obert-mlm-90, gmp-mlm-90, ...): "
+                          "obert recipe scales glue, squad and mc (multiple choice) runs")
+    return "squad" if spec.is_qa else "mc" if spec.is_mc else "glue"
+
+
 def scaled_recipe(
     target: float, epochs: float, method: str = "obert", mask: str = "unstructured",
-    first_step: float = 0.7,
+    first_step: float = 0.7, family: str = "glue",
 ) -> Recipe:
     """A recipe for ``target`` sparsity in ``epochs`` epochs, scaled with the target.
 
@@ -331,6 +359,8 @@ def scaled_recipe(
       before the recovery.
 
     Steps, recovery and LR cycles all grow with the target; the last step is exactly target.
+    ``family`` (``FAMILIES``) sets the batch, the tokens per row, the Fisher's gradient batch
+    and the KD temperature (pure KD, hardness 1). Embeddings and head stay dense.
     """
     if not 0 < target < 1:
         raise RecipeError(f"--target-sparsity {target} is outside (0, 1): use e.g. 0.9")
@@ -348,9 +378,15 @@ def scaled_recipe(
     # One step (target ≤ s₀) sits at the start of the recovery: dense until then.
     start = warmup if n > 1 else end
     freq = (end - start) / (n - 1) if n > 1 else 1.0
-    fisher = FisherConfig()  # B: the paper's for the mask (50, or 32 for block4)
+    _one_of("family", family, tuple(FAMILIES))
+    fam = FAMILIES[family]
+    # B: the paper's for the mask (50, or 32 for block4)
+    fisher = FisherConfig(grad_batch_size=fam["grad_batch_size"])
     return Recipe(
         epochs=epochs,
+        batch_size=fam["batch_size"],
+        max_seq_length=fam["max_seq_length"],
+        distillation=DistillConfig(hardness=1.0, temperature=fam["temperature"]),
         lr=LRConfig("cyclic_linear", 8e-5, 8e-6),
         pruning=PruningConfig(
             method=method, init_sparsity=s0, final_sparsity=target, start_epoch=_r(start),

@@ -22,7 +22,7 @@ from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model, sparsity_report
 from obert.models import (
     check_head,
-    check_mlm_class,
+    check_head_class,
     check_seq_len,
     load_classifier,
     load_config,
@@ -50,7 +50,7 @@ class DataArgs:
     doc_stride: int = 128  # QA: overlap of the windows over a long context
     split_articles: int | None = None  # QA: train on dev minus its last N articles, test on them
     dataset: str | None = None  # MLM: a hub corpus (e.g. wikipedia) instead of text files
-    dataset_config: str | None = None
+    dataset_config: str | None = None  # MLM: the corpus's config; WinoGrande: its size
     streaming: bool = False  # MLM: read only the --max-train-samples documents used
 
     @property
@@ -74,7 +74,8 @@ class DataArgs:
             ds = split_articles(whole, self.split_articles)[0 if split == "train" else 1]
         else:
             file = {"train": self.train_file, "dev": self.validation_file}.get(split)
-            ds = load_split(self.spec, split, self.data_dir, file)
+            ds = load_split(self.spec, split, self.data_dir, file,
+                            self.dataset_config if self.spec.is_mc else None)
         if split == "train":
             ds = subsample(ds, self.max_train_samples, self.seed)
         return check_split(ds, self.spec, split, self.where(split))
@@ -106,6 +107,8 @@ class DataArgs:
         if self.spec.is_mlm:
             out.update(dataset=self.dataset, dataset_config=self.dataset_config,
                        streaming=self.streaming)
+        if self.spec.is_mc and self.dataset_config:
+            out["dataset_config"] = self.dataset_config
         if self.spec.is_qa:
             out["doc_stride"] = self.doc_stride
             out["split_articles"] = self.split_articles
@@ -124,8 +127,7 @@ def check_inputs(model_name: str, data: DataArgs, max_seq_length: int,
         check_output(output, overwrite)
     config = load_config(model_name)
     check_seq_len(config, max_seq_length)
-    if data.spec.is_mlm:
-        check_mlm_class(config, model_name)
+    check_head_class(config, model_name, data.spec)
     if data.spec.is_qa:
         from obert.data.qa import check_windows
 
@@ -176,7 +178,9 @@ def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: s
     for p in model.parameters():  # the saved model trains whole when loaded again
         p.requires_grad_(True)
     method = "head-only" if head_only else "sparse-transfer" if masks else "dense-finetune"
-    info = {**sparsity_report(model, targets_or_none(model)), "method": method,
+    counted = ({n: model.get_submodule(n) for n in masks.weights} if masks
+               else targets_or_none(model))
+    info = {**sparsity_report(model, counted), "method": method,
             "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity,
                          "head_only": head_only}, "train": summary,
             **({"masks": origin} if origin else {})}
@@ -188,15 +192,30 @@ def transfer_masks(model, model_name: str):
     """The exact zeros of the model's targets as fixed masks, and their origin for
     ``sparsity.json`` (the upstream model, its sparsity, and how it was pruned if it says)."""
     from obert.pruning.masks import MaskSet
-    from obert.pruning.targets import find_targets
+    from obert.pruning.targets import find_targets, is_encoder_linear
 
-    targets = find_targets(model)
+    # the encoder's Linears, and the embedding tables and head Linears that the run which
+    # made the model pruned (its sparsity.json lists them)
+    pruned = pruned_tensors(model_name)
+    targets = {n: m for n, m in find_targets(model, embeddings=True, head=True).items()
+               if is_encoder_linear(n, m) or f"{n}.weight" in pruned}
     masks = MaskSet({n: m.weight for n, m in targets.items()})
     if masks.sparsity() == 0:
         raise ObertError(f"--keep-sparsity: {model_name} has no zero weights in its "
                          f"{len(targets)} target layers, so there is no sparsity to keep: "
                          "drop --keep-sparsity for plain fine-tuning")
     return masks, mask_origin(model_name, masks.sparsity())
+
+
+def pruned_tensors(model_name: str) -> set[str]:
+    """The weights an obert run pruned in the folder ``model_name`` (its sparsity.json)."""
+    path = Path(model_name) / "sparsity.json"
+    if not path.is_file():
+        return set()
+    try:
+        return set(json.loads(path.read_text()).get("tensors", {}))
+    except (ValueError, AttributeError):
+        return set()
 
 
 def mask_origin(model_name: str, sparsity: float) -> dict:

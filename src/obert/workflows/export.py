@@ -13,7 +13,13 @@ from pathlib import Path
 
 from obert.errors import ObertError
 from obert.io import weight_scales_of
-from obert.models import check_seq_len, load_config, load_for_inference, load_tokenizer
+from obert.models import (
+    check_seq_len,
+    is_multiple_choice,
+    load_config,
+    load_for_inference,
+    load_tokenizer,
+)
 from obert.workflows.common import DataArgs, check_inputs, log
 
 # Used when no --task is given: varied real sentences, long and short, so padding is checked.
@@ -42,9 +48,12 @@ def check_onnx_output(output: str, overwrite: bool) -> Path:
     return path
 
 
-def check_rows(tokenizer, data: DataArgs | None, rows: int,
-                     max_seq_length: int) -> dict:
-    """Tokenized check rows: the first ``rows`` of the task's dev split, or ``SAMPLE``."""
+def check_rows(tokenizer, data: DataArgs | None, rows: int, max_seq_length: int,
+               multiple_choice: bool = False) -> dict:
+    """Tokenized check rows: the first ``rows`` of the task's dev split, or ``SAMPLE``
+    (for a multiple-choice model, each sentence with the next two as its choices)."""
+    if multiple_choice:
+        return _choice_rows(tokenizer, data, rows, max_seq_length)
     if data is not None and not data.spec.is_qa:
         dev = data.load("dev")
         cols = [c for c in data.spec.text_keys if c]
@@ -60,6 +69,31 @@ def check_rows(tokenizer, data: DataArgs | None, rows: int,
     return dict(enc)
 
 
+def _choice_rows(tokenizer, data: DataArgs | None, rows: int, max_seq_length: int) -> dict:
+    """[rows, choices, tokens] check inputs for a multiple-choice model."""
+    import datasets
+
+    from obert.data.mc import ChoiceCollator, encode_choices
+
+    if data is not None:
+        if not data.spec.is_mc:
+            raise ObertError(f"the model is a multiple-choice model: --task {data.spec.name} "
+                             "has no choices; use commonsense_qa, winogrande or multiple_choice")
+        dev = data.load("dev")
+        dev = dev.select(range(min(rows, len(dev))))
+        source = f"{len(dev)} {data.spec.name} dev rows"
+    else:
+        n = len(SAMPLE)
+        dev = datasets.Dataset.from_dict({
+            "stem": [SAMPLE[i % n] for i in range(rows)],
+            "choices": [[SAMPLE[(i + 1) % n], SAMPLE[(i + 2) % n]] for i in range(rows)],
+            "label": [0] * rows, "line": list(range(1, rows + 1))})
+        source = f"{rows} sample sentences, each with two others as choices"
+    enc = encode_choices(dev, tokenizer, max_seq_length).remove_columns(["labels"])
+    log(f"checking on {source}")
+    return ChoiceCollator(tokenizer)([enc[i] for i in range(len(enc))])
+
+
 def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs | None = None,
                rows: int = 32, max_seq_length: int = 128, tolerance: float | None = None,
                overwrite: bool = False) -> dict:
@@ -73,7 +107,7 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
     model = load_for_inference(model_name)
     tokenizer = load_tokenizer(model_name)
     scales = weight_scales_of(model) if int8 else None
-    inputs = check_rows(tokenizer, data, rows, max_seq_length)
+    inputs = check_rows(tokenizer, data, rows, max_seq_length, is_multiple_choice(model))
     report = export_onnx(model, path, inputs, int8, scales, tolerance)
     log(f"wrote {path} ({report.size_mb:.1f} MB, {report.dtype}"
         f"{f', {report.int8_layers} INT8 Linears' if int8 else ''}"

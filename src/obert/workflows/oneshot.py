@@ -26,7 +26,8 @@ def sparsity_folder(s: float) -> str:
 
 def target_masks(model, cfg: StepConfig, targets: TargetsConfig, fix: str) -> MaskSet:
     """The model's targets under a ``MaskSet`` in the config's groups (zeros stay pruned)."""
-    found = find_targets(model, targets.include, targets.exclude)
+    found = find_targets(model, targets.include, targets.exclude, targets.embeddings,
+                         targets.head)
     check_group_shape(found, cfg.k, fix)
     return MaskSet({n: m.weight for n, m in found.items()}, cfg.k)
 

@@ -1,0 +1,430 @@
+"""Multiple-choice data: CommonsenseQA, WinoGrande and a generic form, read into one layout.
+
+Every loader returns a ``datasets.Dataset`` of rows with
+
+- ``stem``: the first segment of every choice's pair (the question, or WinoGrande's sentence up
+  to its blank);
+- ``choices``: the second segment of each choice's pair, one string per choice;
+- ``label``: the index of the right choice (-1 where a test split has no answers);
+- ``line``: where the row came from (its line in a JSON-lines or CSV file, its row number in a
+  parquet file or a hub split), so that every error names it.
+
+The formats:
+
+- ``commonsense_qa``: the official JSON lines (``question.stem``, ``question.choices`` as
+  ``[{label, text}]``, ``answerKey``) or the hub's ``tau/commonsense_qa`` parquet layout
+  (``question``, ``choices: {label: [...], text: [...]}``, ``answerKey``).
+- ``winogrande``: ``sentence`` with one ``_``, ``option1``, ``option2``, ``answer`` ("1"/"2"),
+  as JSON lines or the hub's ``allenai/winogrande`` parquet. Encoded as the WinoGrande
+  authors' BERT/RoBERTa baselines do: the sentence is cut at the blank; the text before it is
+  the stem, and each option followed by the text after the blank is a choice (stem "Sarah was
+  a much better surgeon than Maria so", choices "Sarah always got the easier cases." and
+  "Maria always got the easier cases.").
+- ``multiple_choice`` (any set): JSON lines, a JSON list, CSV or parquet with an optional
+  ``context``, a ``question``, the choices as a list ``choices`` (strings, or objects with a
+  ``text``) or as columns ``choice0`` … ``choiceN``, and a ``label``: the index, the index as
+  text, a letter (A is the first choice) or the right choice's text. The stem is the context
+  and the question joined by a space.
+
+Encoding (``encode_choices``): every choice is one pair ``[CLS] stem [SEP] choice [SEP]``;
+when a pair is too long the stem is cut (``only_first``), never the choice, and a choice that
+leaves no room for the stem at the sequence length is refused with its line.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import datasets
+
+from obert.data.tasks import TaskSpec
+from obert.errors import ObertError
+
+logger = logging.getLogger(__name__)
+
+MC_DIR_ENV = "OBERT_MC_DIR"
+_EXTS = (".jsonl", ".json", ".parquet", ".csv")
+# Local file names per task and split, tried in order in the task's folder and in --data-dir.
+_FILES = {
+    "commonsense_qa": {"train": ["train_rand_split.jsonl"], "dev": ["dev_rand_split.jsonl"],
+                       "test": ["test_rand_split_no_answers.jsonl"]},
+    "winogrande": {"dev": ["dev.jsonl", "dev.parquet"],
+                   "test": ["test.jsonl", "test.parquet"]},
+}
+# WinoGrande's training sizes, largest first (the hub's configs winogrande_xs ... _xl).
+WINOGRANDE_SIZES = ("xl", "l", "m", "s", "xs")
+
+
+class RowError(ValueError):
+    """What is wrong with one row (the caller adds the file and line)."""
+
+
+# --- rows of each format -> (stem, choices, label) -------------------------------------------
+
+
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{what} is {_kind(value)}, not text")
+    return value
+
+
+def _kind(value) -> str:
+    return "missing" if value is None else f"a {type(value).__name__} ({str(value)[:40]!r})"
+
+
+def _letters(labels: list[str], key, what: str) -> int:
+    """The index of the answer key ``key`` among the choices' ``labels`` (-1 if unanswered)."""
+    if key in (None, ""):
+        return -1
+    if key not in labels:
+        raise RowError(f"{what} {key!r} is not one of the choices' labels {', '.join(labels)}")
+    return labels.index(key)
+
+
+def csqa_row(row: dict) -> tuple[str, list[str], int]:
+    """An official (``question.stem``) or hub-layout (``question`` text) CommonsenseQA row."""
+    q = row.get("question")
+    if isinstance(q, dict):  # the official JSON lines
+        stem = _text(q.get("stem"), "question.stem")
+        items = q.get("choices")
+        if not isinstance(items, list) or not all(isinstance(c, dict) for c in items):
+            raise RowError(f"question.choices is {_kind(items)}, not a list of {{label, text}}")
+        labels = [_text(c.get("label"), "a choice's label") for c in items]
+        texts = [_text(c.get("text"), f"choice {lab}'s text") for lab, c in zip(labels, items,
+                                                                               strict=True)]
+    else:  # the hub's parquet layout
+        stem = _text(q, "question")
+        items = row.get("choices")
+        if not isinstance(items, dict):
+            raise RowError(f"choices is {_kind(items)}, not {{label: [...], text: [...]}}")
+        labels, texts = list(items.get("label") or []), list(items.get("text") or [])
+        if len(labels) != len(texts):
+            raise RowError(f"choices has {len(labels)} labels but {len(texts)} texts")
+        for t in texts:
+            _text(t, "a choice's text")
+    return stem, texts, _letters(labels, row.get("answerKey"), "answerKey")
+
+
+def winogrande_row(row: dict) -> tuple[str, list[str], int]:
+    """The sentence cut at its one blank: the stem before it, each option + the rest after it."""
+    sentence = _text(row.get("sentence"), "sentence")
+    blanks = sentence.count("_")
+    if blanks != 1:
+        raise RowError(f"the sentence has {blanks} blanks ('_'), not exactly one: "
+                       f"{sentence[:60]!r}")
+    options = [_text(row.get(k), k) for k in ("option1", "option2")]
+    for k, o in zip(("option1", "option2"), options, strict=True):
+        if not o.strip():
+            raise RowError(f"{k} is empty")
+    cut = sentence.index("_")
+    stem, rest = sentence[:cut].rstrip(), sentence[cut + 1:]
+    answer = row.get("answer")
+    if answer in (None, ""):
+        label = -1
+    elif str(answer) in ("1", "2") and not isinstance(answer, bool | float):
+        label = int(answer) - 1
+    else:
+        raise RowError(f"answer {answer!r} is not 1 or 2")
+    return stem, [o + rest for o in options], label
+
+
+def generic_row(row: dict) -> tuple[str, list[str], int]:
+    """Optional ``context`` + ``question``; ``choices`` list or ``choice0..N``; ``label``."""
+    parts = []
+    for key in ("context", "question"):
+        v = row.get(key)
+        if v is not None and (key == "question" or v != ""):
+            parts.append(_text(v, key).strip())
+    if "question" not in row:
+        raise RowError("it has no question field (columns: context?, question, choices or "
+                       "choice0..choiceN, label)")
+    items = row.get("choices")
+    if items is None:
+        keys = sorted((k for k in row if k.startswith("choice") and k[6:].isdigit()),
+                      key=lambda k: int(k[6:]))
+        if not keys:
+            raise RowError("it has no choices: give a list 'choices' or columns choice0, "
+                           "choice1, ...")
+        if [int(k[6:]) for k in keys] != list(range(len(keys))):
+            raise RowError(f"its choice columns {', '.join(keys)} are not choice0..choiceN")
+        items = [row[k] for k in keys]
+    if not isinstance(items, list):
+        raise RowError(f"choices is {_kind(items)}, not a list")
+    texts = [_text(c.get("text") if isinstance(c, dict) else c, f"choice {i}")
+             for i, c in enumerate(items)]
+    return " ".join(p for p in parts if p), texts, _generic_label(row.get("label"), texts, items)
+
+
+def _generic_label(value, texts: list[str], items: list) -> int:
+    n = len(texts)
+    if value is None or value == "" or value == -1:
+        return -1
+    if isinstance(value, bool):
+        raise RowError(f"label {value!r} is not a choice")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        index = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        index = int(value)
+    elif isinstance(value, str) and len(value) == 1 and value.isalpha():
+        labels = [c.get("label") for c in items if isinstance(c, dict)]
+        index = labels.index(value) if value in labels else ord(value.upper()) - ord("A")
+    elif isinstance(value, str) and value in texts:
+        index = texts.index(value)
+    else:
+        raise RowError(f"label {value!r} is neither a choice's index, its letter nor its text")
+    if not 0 <= index < n:
+        raise RowError(f"label {value!r} is outside the {n} choices (0..{n - 1}, or A..{chr(64 + n)})")
+    return index
+
+
+ROW_READERS: dict[str, Callable[[dict], tuple[str, list[str], int]]] = {
+    "commonsense_qa": csqa_row, "winogrande": winogrande_row, "multiple_choice": generic_row,
+}
+
+
+# --- files -> rows --------------------------------------------------------------------------
+
+
+def _records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(``line N`` or ``row N``, record) of a JSON-lines, JSON-list, CSV or parquet file."""
+    suffix = path.suffix
+    if suffix not in _EXTS:
+        raise ObertError(f"{path}: unsupported file type for multiple choice; use .jsonl, "
+                         ".json, .csv or .parquet")
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's own errors on a damaged file
+            raise ObertError(f"cannot read {path} as parquet ({type(e).__name__}): check the "
+                             "file") from None
+        yield from ((f"row {i + 1}", r) for i, r in enumerate(rows))
+        return
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ObertError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise ObertError(f"cannot read {path}: {e.strerror}") from None
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for r in reader:
+            yield f"line {reader.line_num}", {k: _csv_value(v) for k, v in r.items()}
+        return
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ObertError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
+        yield from ((f"item {i + 1}", r) for i, r in enumerate(items))
+        return
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                yield f"line {i + 1}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ObertError(f"{path}, line {i + 1}: not JSON ({e.msg}); a .jsonl file has "
+                                 "one JSON object per line") from None
+
+
+def _csv_value(v):
+    """CSV cells are text; a JSON list in a cell (``["a", "b"]``) is a list of choices."""
+    if isinstance(v, str) and v.startswith("[") and v.endswith("]"):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v
+
+
+def rows_to_dataset(records, task: TaskSpec, where: str) -> datasets.Dataset:
+    """Parse and check every record: one choice count for all rows (the first row's), no empty
+    choice, a label among the choices. Any fault is one line naming ``where`` and the line."""
+    read = ROW_READERS[task.name]
+    cols: dict[str, list] = {"stem": [], "choices": [], "label": [], "line": []}
+    count = None
+    for pos, (at, rec) in enumerate(records):
+        try:
+            if not isinstance(rec, dict):
+                raise RowError(f"it is {_kind(rec)}, not an object with named fields")
+            stem, choices, label = read(rec)
+            if len(choices) < 2:
+                raise RowError(f"it has {len(choices)} choice(s); multiple choice needs ≥ 2")
+            if count is None:
+                count = len(choices)
+            elif len(choices) != count:
+                raise RowError(f"it has {len(choices)} choices where the first row has {count}: "
+                               "every row needs the same number")
+            empty = [i for i, c in enumerate(choices) if not c.strip()]
+            if empty:
+                raise RowError(f"choice {empty[0]} is empty")
+        except RowError as e:
+            raise ObertError(f"{where}, {at}: {e}") from None
+        cols["stem"].append(stem)
+        cols["choices"].append(choices)
+        cols["label"].append(label)
+        cols["line"].append(pos + 1 if at.startswith(("row", "item")) else int(at.split()[1]))
+    features = datasets.Features({"stem": datasets.Value("string"),
+                                  "choices": datasets.Sequence(datasets.Value("string")),
+                                  "label": datasets.Value("int64"),
+                                  "line": datasets.Value("int64")})
+    return datasets.Dataset.from_dict(cols, features=features)
+
+
+def read_mc_file(path: str | os.PathLike, task: TaskSpec) -> datasets.Dataset:
+    """One file of ``task``'s multiple-choice format, checked row by row."""
+    path = Path(path)
+    if not path.is_file():
+        raise ObertError(f"data file {path} does not exist")
+    return rows_to_dataset(_records(path), task, str(path))
+
+
+# --- splits: a file, a local folder or the hub ----------------------------------------------
+
+
+def find_mc_files(task: TaskSpec, split: str, data_dir: str | os.PathLike,
+                  config: str | None = None) -> list[Path]:
+    """The files of ``split`` under ``data_dir`` (its ``task.name`` folder first): the task's
+    official names, then hub-style ``{train,validation,test}-*.parquet``, then
+    ``{split}.{jsonl,json,csv,parquet}``. WinoGrande's train is ``train_{size}`` (the config's
+    size, else the largest present)."""
+    root = Path(data_dir)
+    names = list(_FILES.get(task.name, {}).get(split, []))
+    if task.name == "winogrande" and split == "train":
+        sizes = [config.rsplit("_", 1)[-1]] if config else list(WINOGRANDE_SIZES)
+        names = [f"train_{s}{ext}" for s in sizes for ext in (".jsonl", ".parquet")]
+    hub = task.hub_splits.get(split, split)
+    for base in (root / task.name, root):
+        if not base.is_dir():
+            continue
+        for name in names:
+            if (base / name).is_file():
+                return [base / name]
+        hits = sorted(glob.glob(str(base / f"{hub}-*.parquet")))
+        if hits:
+            return [Path(h) for h in hits]
+        for stem in dict.fromkeys((split, hub)):
+            for ext in _EXTS:
+                if (base / f"{stem}{ext}").is_file():
+                    return [base / f"{stem}{ext}"]
+    return []
+
+
+def load_mc_split(task: TaskSpec, split: str = "dev", data_dir: str | os.PathLike | None = None,
+                  data_file: str | os.PathLike | None = None,
+                  config: str | None = None) -> datasets.Dataset:
+    """An explicit file, else the task's files under ``data_dir`` (or $OBERT_MC_DIR), else the
+    hub dataset (``config``: WinoGrande's size, ``winogrande_xl`` by default)."""
+    if split not in task.hub_splits:
+        raise ObertError(f"task {task.name} has no split {split!r}: choose one of "
+                         f"{', '.join(task.splits)}")
+    if config is not None and task.name != "winogrande":
+        raise ObertError(f"--dataset-config is for winogrande (winogrande_xs ... _xl) and mlm, "
+                         f"not {task.name}")
+    if config is not None and config.rsplit("_", 1)[-1] not in WINOGRANDE_SIZES:
+        raise ObertError(f"--dataset-config {config!r} is not a WinoGrande size: choose one of "
+                         + ", ".join(f"winogrande_{s}" for s in reversed(WINOGRANDE_SIZES)))
+    if data_file is not None:
+        return read_mc_file(data_file, task)
+    data_dir = data_dir or os.environ.get(MC_DIR_ENV) or None
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise ObertError(f"data folder {data_dir} does not exist: pass an existing --data-dir")
+        files = find_mc_files(task, split, data_dir, config)
+        if not files:
+            want = ", ".join(_FILES.get(task.name, {}).get(split, [])
+                             or ([f"train_{{{','.join(WINOGRANDE_SIZES)}}}.jsonl"]
+                                 if task.name == "winogrande" else [f"{split}.jsonl"]))
+            raise ObertError(f"no {split} data for {task.name} under {data_dir}: expected "
+                             f"{want} there or in {Path(data_dir) / task.name} (or pass "
+                             "--train-file/--validation-file)")
+        if task.name == "winogrande" and split == "train":
+            logger.info("winogrande train: %s", files[0])
+        parts = [read_mc_file(f, task) for f in files]
+        return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if not task.hub_dataset:
+        raise ObertError(f"task {task.name} reads local files: pass --train-file/"
+                         "--validation-file (.jsonl, .json, .csv or .parquet) or --data-dir")
+    name = f"{task.hub_dataset}" + (f" ({config or task.hub_config})" if task.hub_config else "")
+    try:
+        args = (task.hub_dataset, config or task.hub_config) if task.hub_config else (
+            task.hub_dataset,)
+        ds = datasets.load_dataset(*args, split=task.hub_splits[split])
+    except Exception as e:  # network, hub, or cache problems all mean the same to a user
+        raise ObertError(f"could not load {name} from the Hugging Face hub "
+                         f"({type(e).__name__}); pass --data-dir with a local copy or set "
+                         f"{MC_DIR_ENV}") from None
+    return rows_to_dataset(((f"row {i + 1}", r) for i, r in enumerate(ds)), task,
+                           f"the hub's {name} {split} split")
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def encode_choices(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """Tokenize every (stem, choice) pair: ``input_ids`` etc. nested [choices][tokens] per row,
+    ``labels`` the right choice. The stem is cut when a pair is too long; a choice that leaves
+    no room for one stem token is refused with its line."""
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    cut = [0]
+
+    def fn(batch):
+        counts = [len(c) for c in batch["choices"]]
+        firsts = [s for s, n in zip(batch["stem"], counts, strict=True) for _ in range(n)]
+        seconds = [c for cs in batch["choices"] for c in cs]
+        lines = [ln for ln, n in zip(batch["line"], counts, strict=True) for _ in range(n)]
+        alone = tokenizer(seconds, add_special_tokens=False)["input_ids"]
+        stems = tokenizer(firsts, add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(alone):
+            if len(ids) + special + min(1, len(stems[i])) > max_length:
+                raise ObertError(
+                    f"line {lines[i]}: the choice {seconds[i][:40]!r} takes {len(ids)} tokens, "
+                    f"which leaves no room for the stem within --max-seq-length {max_length}: "
+                    "raise --max-seq-length or shorten the choice")
+            cut[0] += len(ids) + len(stems[i]) + special > max_length
+        enc = tokenizer(firsts, seconds, truncation="only_first", max_length=max_length)
+        out: dict[str, list] = {k: [] for k in enc}
+        start = 0
+        for n in counts:
+            for k in enc:
+                out[k].append(enc[k][start: start + n])
+            start += n
+        out["labels"] = batch["label"]
+        return out
+
+    enc = ds.map(fn, batched=True, remove_columns=ds.column_names, desc="tokenize",
+                 load_from_cache_file=False)
+    if cut[0]:
+        logger.warning("%d (stem, choice) pair(s) longer than %d tokens: their stems were cut",
+                       cut[0], max_length)
+    return enc
+
+
+class ChoiceCollator:
+    """Pads every choice of every row to the batch's longest: tensors [rows, choices, tokens]
+    (``labels`` [rows] when the rows have them)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        n = len(features[0]["input_ids"])
+        labels = [f["labels"] for f in features] if "labels" in features[0] else None
+        flat = [{k: v[i] for k, v in f.items() if k != "labels"} for f in features
+                for i in range(n)]
+        batch = self.tokenizer.pad(flat, padding=True, return_tensors="pt")
+        out = {k: v.view(len(features), n, -1) for k, v in batch.items()}
+        if labels is not None:
+            out["labels"] = torch.tensor(labels, dtype=torch.long)
+        return out

@@ -247,6 +247,13 @@ CASES: dict[str, tuple[str, str]] = {
     "bench-choices-not-mc": ("bench --model {ft} --choices 3 --repeats 1",
                              "--choices is for multiple-choice models"),
     "bench-choices-one": ("bench --model {mc} --choices 1 --repeats 1", "--choices: 1 must be ≥ 2"),
+    "bench-mc-task-on-classifier": ("bench --model {ft} --task commonsense_qa --data-dir "
+                                    "{tmp} --repeats 1", "commonsense_qa is multiple choice"),
+    "export-mc-task-on-classifier": ("export --model {ft} --output {out} --task commonsense_qa "
+                                     "--validation-file {tmp}/csqa-bad.jsonl",
+                                     "the model is not a multiple-choice model"),
+    "mc-question-null": (f"{MC} {{tmp}}/mc-null.jsonl", "mc-null.jsonl, line 1: question is "
+                         "missing, not text"),
     "export-mc-model-glue-task": ("export --model {mc} --output {out} --task sst2 --data-dir "
                                   "{glue}", "has no choices"),
     "recipe-first-step-zero": ("recipe --target-sparsity 0.9 --epochs 3 --first-step 0",
@@ -300,6 +307,7 @@ def _files(tmp: Path, model: Path) -> None:
                         ("mc-empty", [0, 3]), ("mc-long", [4]), ("mc-unanswered", [0, 5])):
         (tmp / f"{name}.jsonl").write_text("".join(mc[i] + "\n" for i in lines))
     (tmp / "mc-not-json.jsonl").write_text(mc[0] + "\n" + '{"question": \n')
+    (tmp / "mc-null.jsonl").write_text('{"question": null, "choices": ["a", "b"], "label": 0}\n')
     (tmp / "mc-nochoice.csv").write_text("question,label\nq,0\n")
     wg = '{"sentence": "%s", "option1": "a", "option2": "b", "answer": "1"}\n'
     (tmp / "wg-noblank.jsonl").write_text(wg % "no blank here")

@@ -387,7 +387,7 @@ def _bench(args: argparse.Namespace) -> int:
     elif choices is not None:
         raise ObertError(f"--choices is for multiple-choice models; {args.model} is a "
                          f"{type(model).__name__}")
-    score = _bench_scorer(args) if args.task else None
+    score = _bench_scorer(args, is_multiple_choice(model)) if args.task else None
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
                        args.repeats, engines, quiet=args.quiet, score=score,
                        profile=args.profile, autotune=args.autotune, choices=choices)
@@ -398,7 +398,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_scorer(args: argparse.Namespace):
+def _bench_scorer(args: argparse.Namespace, multiple_choice: bool):
     """The dev-set metrics of an engine (``bench --task``), the data checked before timing."""
     from obert.models import load_tokenizer
     from obert.training.evaluate import evaluate_split
@@ -406,6 +406,10 @@ def _bench_scorer(args: argparse.Namespace):
 
     data = DataArgs(args.task, args.data_dir, validation_file=args.validation_file)
     task = data.spec
+    if task.is_mc != multiple_choice:
+        raise ObertError(f"--task {task.name} is {'' if task.is_mc else 'not '}multiple choice "
+                         f"but {args.model} is {'' if multiple_choice else 'not '}a "
+                         "multiple-choice model: score it on a task of its kind")
     seq = _seq_len(args)
     dev = data.load("dev")
     tokenizer = load_tokenizer(args.model)

@@ -164,7 +164,7 @@ def check_head_class(config, name: str, task: TaskSpec) -> None:
     if need is None or type(config) in need[0]:
         return
     kind = getattr(config, "model_type", type(config).__name__)
-    mapping, head, cls, what = need
+    _, head, cls, what = need
     raise ObertError(f"{name} is a {kind} model, which has no {head} head in transformers (no "
                      f"{cls} class): {what} needs an encoder such as BERT, RoBERTa or DistilBERT")
 

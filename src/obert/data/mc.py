@@ -136,14 +136,12 @@ def winogrande_row(row: dict) -> tuple[str, list[str], int]:
 
 def generic_row(row: dict) -> tuple[str, list[str], int]:
     """Optional ``context`` + ``question``; ``choices`` list or ``choice0..N``; ``label``."""
-    parts = []
-    for key in ("context", "question"):
-        v = row.get(key)
-        if v is not None and (key == "question" or v != ""):
-            parts.append(_text(v, key).strip())
     if "question" not in row:
         raise RowError("it has no question field (columns: context?, question, choices or "
                        "choice0..choiceN, label)")
+    context = row.get("context")
+    parts = [] if context in (None, "") else [_text(context, "context").strip()]
+    parts.append(_text(row["question"], "question").strip())
     items = row.get("choices")
     if items is None:
         keys = sorted((k for k in row if k.startswith("choice") and k[6:].isdigit()),

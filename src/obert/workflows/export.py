@@ -54,6 +54,9 @@ def check_rows(tokenizer, data: DataArgs | None, rows: int, max_seq_length: int,
     (for a multiple-choice model, each sentence with the next two as its choices)."""
     if multiple_choice:
         return _choice_rows(tokenizer, data, rows, max_seq_length)
+    if data is not None and data.spec.is_mc:
+        raise ObertError(f"--task {data.spec.name} is multiple choice, but the model is not a "
+                         "multiple-choice model: export a model fine-tuned on it")
     if data is not None and not data.spec.is_qa:
         dev = data.load("dev")
         cols = [c for c in data.spec.text_keys if c]

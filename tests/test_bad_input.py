@@ -258,6 +258,8 @@ CASES: dict[str, tuple[str, str]] = {
                                   "{glue}", "has no choices"),
     "recipe-first-step-zero": ("recipe --target-sparsity 0.9 --epochs 3 --first-step 0",
                                "--first-step: 0 must be > 0"),
+    "recipe-first-step-one": ("recipe --target-sparsity 0.9 --epochs 3 --first-step 1",
+                              "--first-step: 1 must be below 1"),
     "recipe-unknown-family": ("recipe --target-sparsity 0.9 --epochs 3 --task nope",
                               "unknown task 'nope'"),
 }

@@ -58,3 +58,11 @@ def _integer(v) -> bool:
 
 def _finite_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def require_dir(data_dir) -> None:
+    """Refuse a --data-dir that is not an existing folder."""
+    from pathlib import Path
+
+    if not Path(data_dir).is_dir():
+        raise ObertError(f"data folder {data_dir} does not exist: pass an existing --data-dir")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 
+from obert.data.checks import require_dir
 from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
 
@@ -188,8 +189,7 @@ def load_split(
         return read_table(data_file, task)
     data_dir = data_dir or os.environ.get(GLUE_DIR_ENV) or None
     if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise ObertError(f"data folder {data_dir} does not exist: pass an existing --data-dir")
+        require_dir(data_dir)
         files = find_local_files(task, split, data_dir)
         if not files:
             raise ObertError(

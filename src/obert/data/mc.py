@@ -43,6 +43,7 @@ from pathlib import Path
 
 import datasets
 
+from obert.data.checks import require_dir
 from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
 
@@ -250,7 +251,7 @@ def rows_to_dataset(records, task: TaskSpec, where: str) -> datasets.Dataset:
     read = ROW_READERS[task.name]
     cols: dict[str, list] = {"stem": [], "choices": [], "label": [], "line": []}
     count = None
-    for pos, (at, rec) in enumerate(records):
+    for at, rec in records:
         try:
             if not isinstance(rec, dict):
                 raise RowError(f"it is {_kind(rec)}, not an object with named fields")
@@ -270,7 +271,7 @@ def rows_to_dataset(records, task: TaskSpec, where: str) -> datasets.Dataset:
         cols["stem"].append(stem)
         cols["choices"].append(choices)
         cols["label"].append(label)
-        cols["line"].append(pos + 1 if at.startswith(("row", "item")) else int(at.split()[1]))
+        cols["line"].append(int(at.split()[1]))  # "line N", "row N" or "item N"
     features = datasets.Features({"stem": datasets.Value("string"),
                                   "choices": datasets.Sequence(datasets.Value("string")),
                                   "label": datasets.Value("int64"),
@@ -335,8 +336,7 @@ def load_mc_split(task: TaskSpec, split: str = "dev", data_dir: str | os.PathLik
         return read_mc_file(data_file, task)
     data_dir = data_dir or os.environ.get(MC_DIR_ENV) or None
     if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise ObertError(f"data folder {data_dir} does not exist: pass an existing --data-dir")
+        require_dir(data_dir)
         files = find_mc_files(task, split, data_dir, config)
         if not files:
             want = ", ".join(_FILES.get(task.name, {}).get(split, [])

@@ -62,9 +62,8 @@ def find_targets(
     seen: set[int] = set()
     excluded = 0
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            in_stack = bool(LAYER_STACK.search(name))
-            wanted = in_stack or (head and not in_stack) or any(p.search(name) for p in inc)
+        if isinstance(mod, nn.Linear):  # head: every Linear, the layer stack's or not
+            wanted = head or is_encoder_linear(name, mod) or any(p.search(name) for p in inc)
         else:
             wanted = embeddings and isinstance(mod, nn.Embedding)
         if not wanted or id(mod.weight) in seen:

@@ -374,6 +374,7 @@ def test_table_size() -> None:
     assert len(CASES) >= 50  # stated in the closing note; grows as inputs are added
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 @pytest.mark.parametrize("case", ["sparsity-one", "label-out-of-range-eval", "hub-id-offline"])
 def test_bad_input_subprocess(case: str, fields: dict) -> None:
     """The real entry point: no traceback, exactly one line on stderr, exit code 2, in seconds."""

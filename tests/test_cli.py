@@ -183,6 +183,7 @@ print(json.dumps({"obert_imported": "obert" in sys.modules, "folders": out}))
 """
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 def test_outputs_load_without_obert(finetuned: Path, pruned: dict[str, Path]) -> None:
     folders = [finetuned, *pruned.values()]
     proc = subprocess.run(

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from obert.cli import main
-from obert.pruning.distributed import BlockShards, Comm
+from obert.pruning.distributed import BlockShards, Comm, collective_device
 from obert.pruning.fisher import fisher_memory_bytes
 from obert.pruning.masks import MaskSet
-from obert.pruning.pruner import OBSPruner
+from obert.pruning.pruner import MagnitudePruner, OBSPruner
 
 
 def test_block_shards_tile_every_tensor_and_halve_the_fisher():
@@ -46,6 +46,177 @@ def test_block_shards_tile_every_tensor_and_halve_the_fisher():
         assert p.memory_bytes() < 0.75 * OBSPruner(MaskSet(weights), block_size=50).memory_bytes()
 
 
+def test_collective_device_follows_the_backend(monkeypatch):
+    """NCCL takes CUDA tensors only (on this process's GPU); gloo, or a mixed backend with a
+    CPU part, takes CPU tensors. No GPU is needed: the current device is stubbed."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert collective_device("nccl") == torch.device("cuda", 3)
+    assert collective_device("NCCL") == torch.device("cuda", 3)
+    assert collective_device("cuda:nccl") == torch.device("cuda", 3)
+    assert collective_device("gloo") == torch.device("cpu")
+    assert collective_device("cpu:gloo,cuda:nccl") == torch.device("cpu")
+    assert Comm().device == torch.device("cpu")  # one rank: no collective, CPU bookkeeping
+    # Comm.current() reads the device off the default group's backend
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert Comm.current() == Comm(1, 2, torch.device("cuda", 3))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert Comm.current() == Comm(1, 2, torch.device("cpu"))
+
+
+# Every torch.distributed function that moves tensors; a fake of each records its calls.
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_to_all",
+               "all_to_all_single", "broadcast", "reduce", "reduce_scatter",
+               "reduce_scatter_tensor", "gather", "scatter", "send", "recv", "isend", "irecv",
+               "barrier", "broadcast_object_list", "all_gather_object", "gather_object",
+               "scatter_object_list")
+
+
+class _Probe(Exception):
+    """Stops a collective once its tensors are recorded (meta tensors hold no values)."""
+
+
+def _tensors(args) -> list[torch.Tensor]:
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            out.append(a)
+        elif isinstance(a, list | tuple):
+            out += _tensors(a)
+    return out
+
+
+def _fake_dist(monkeypatch, rank: int, world: int, stop: bool = False) -> list:
+    """Replace torch.distributed's collectives by fakes that record (name, devices) of every
+    call. They act as rank ``rank`` of a mirror world of ``world`` identical ranks (each sends
+    this rank what this rank sends itself), or, with ``stop``, raise ``_Probe`` after recording."""
+    import torch.distributed as dist
+
+    calls: list[tuple[str, list[torch.device]]] = []
+
+    def all_to_all_single(out, inp, out_splits=None, in_splits=None, *a, **k):
+        mine = (inp.split(in_splits) if in_splits else inp.chunk(world))[rank]
+        for piece in out.split(out_splits) if out_splits else out.chunk(world):
+            piece.copy_(mine)
+
+    def all_gather(parts, x, *a, **k):
+        for p in parts:
+            p.copy_(x)
+
+    real = {"all_to_all_single": all_to_all_single, "all_gather": all_gather,
+            "broadcast": lambda *a, **k: None, "barrier": lambda *a, **k: None}
+
+    def fake(name):
+        def call(*args, **kwargs):
+            calls.append((name, [t.device for t in _tensors([*args, *kwargs.values()])]))
+            if stop:
+                raise _Probe(name)
+            if name not in real:
+                raise AssertionError(f"unexpected collective {name}")
+            return real[name](*args, **kwargs)
+        return call
+
+    for name in COLLECTIVES:
+        monkeypatch.setattr(dist, name, fake(name))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: None)
+    return calls
+
+
+def test_every_collective_tensor_is_on_the_comm_device(monkeypatch):
+    """Comm's collectives and the pruners' (gradient exchange, score and weight gathers, the
+    magnitude broadcast, the agreement check) on rank 0 of a fake world of 2: every tensor
+    handed to torch.distributed is on ``comm.device``, and results come back on the caller's."""
+    comm = Comm(0, 2, torch.device("cpu"))
+    calls = _fake_dist(monkeypatch, 0, 2)
+    got = comm.exchange([torch.arange(3.0), torch.arange(2.0)])
+    assert [g.tolist() for g in got] == [[0.0, 1.0, 2.0]] * 2  # both ranks sent their piece 0
+    assert [g.tolist() for g in comm.gather(torch.arange(4.0))] == [[0.0, 1.0, 2.0, 3.0]] * 2
+    comm.broadcast(torch.ones(3))
+    comm.agree("ab" * 32, "weights")
+    torch.manual_seed(0)
+    # 8 and 4 Fisher blocks of 16: the two ranks' shards are the same size, as a mirror needs
+    weights = {"a": torch.randn(16, 8), "b": torch.randn(8, 8)}
+    pruner = OBSPruner(MaskSet(weights), block_size=16, comm=comm)
+    pruner.begin()
+    for i in range(3):
+        pruner.add_grads(None if i == 2 else {n: torch.randn_like(w) for n, w in weights.items()})
+    assert pruner.num_grads == 4  # two rounds with a gradient, from each of the 2 ranks
+    pruner.step(0.5)
+    assert abs(pruner.sparsity() - 0.5) < 0.02
+    MagnitudePruner(MaskSet({"c": torch.randn(8, 8)}), comm).step(0.5)
+    comm.finish()
+    names = {n for n, _ in calls}
+    assert names == {"all_to_all_single", "all_gather", "broadcast", "barrier"}
+    devices = {d for _, ds in calls for d in ds}
+    assert devices == {comm.device}
+
+
+def test_comm_moves_tensors_to_its_device_before_each_collective(monkeypatch):
+    """With ``comm.device`` another device than the caller's data (meta here, standing in for
+    CUDA under NCCL), the first collective of every Comm method gets tensors on it only."""
+    comm = Comm(0, 2, torch.device("meta"))
+    calls = _fake_dist(monkeypatch, 0, 2, stop=True)
+    for method, args in (("exchange", ([torch.ones(2), torch.ones(3)],)),
+                         ("gather", (torch.ones(4),)), ("broadcast", (torch.ones(3),)),
+                         ("agree", ("ab" * 32, "weights"))):
+        with pytest.raises(_Probe):
+            getattr(comm, method)(*args)
+    assert len(calls) == 4 and all(ds and set(ds) == {torch.device("meta")} for _, ds in calls)
+    pruner = OBSPruner(MaskSet({"a": torch.randn(16, 8)}), block_size=16, comm=comm)
+    pruner.begin()
+    with pytest.raises(_Probe):
+        pruner.add_grads({"a": torch.randn(16, 8)})
+    assert set(calls[-1][1]) == {torch.device("meta")}
+
+
+def test_resume_knows_the_world_size_and_not_the_run_only_knobs(tmp_path):
+    """run.json records the number of ranks: a 2-rank run resumed on 1 rank is refused with one
+    line naming it; the Fisher's memory budget is no part of the identity; a run.json written
+    before world_size was recorded (with max_memory_gb in its recipe) resumes on any world."""
+    import json
+
+    from obert.data.source import DataArgs
+    from obert.errors import ObertError
+    from obert.training.recipe import Recipe
+    from obert.workflows.prune import PruneJob, PruneRunArgs, check_identity
+
+    work = tmp_path / "out.checkpoints"
+    data, run = DataArgs("sst2", data_dir=str(tmp_path)), PruneRunArgs()
+
+    def recipe(memory_gb: float | None = None, num_grads: int = 1024) -> Recipe:
+        r = Recipe()
+        r.pruning.fisher.max_memory_gb, r.pruning.fisher.num_grads = memory_gb, num_grads
+        return r
+
+    def identity(resuming: bool, recipe: Recipe, comm: Comm) -> None:
+        check_identity(PruneJob("tiny", data, recipe, str(tmp_path / "out"), run, work, comm),
+                       resuming)
+
+    identity(False, recipe(2.0), Comm(0, 2))
+    recorded = json.loads((work / "run.json").read_text())
+    assert recorded["world_size"] == 2
+    assert "max_memory_gb" not in recorded["recipe"]["pruning"]["fisher"]
+    with pytest.raises(ObertError) as e:
+        identity(True, recipe(2.0), Comm(0, 1))
+    assert "world_size 2 → 1" in str(e.value) and "\n" not in str(e.value)
+    assert "recipe" not in str(e.value)  # only what differs is named
+    identity(True, recipe(8.0), Comm(0, 2))  # budget alone
+    identity(True, recipe(None), Comm(1, 2))
+    with pytest.raises(ObertError, match="recipe.pruning.fisher.num_grads 1024 → 512"):
+        identity(True, recipe(num_grads=512), Comm(0, 2))
+    # an identity from before: no world_size, the memory budget inside the recipe
+    old = {k: v for k, v in recorded.items() if k != "world_size"}
+    old["recipe"]["pruning"]["fisher"]["max_memory_gb"] = 4.0
+    (work / "run.json").write_text(json.dumps(old))
+    identity(True, recipe(), Comm(0, 1))
+    assert json.loads((work / "run.json").read_text())["world_size"] == 1
+
+
 def _collectives(rank: int, port: int, out: str) -> None:
     import json
 
@@ -67,10 +238,11 @@ def _collectives(rank: int, port: int, out: str) -> None:
         refused = str(e)
     Path(out, f"{rank}.json").write_text(json.dumps({
         "got": [g.tolist() for g in got], "gathered": [g.tolist() for g in gathered],
-        "refused": refused}))
+        "refused": refused, "device": str(comm.device)}))
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_collectives_on_two_gloo_ranks(tmp_path):
     import json
     import socket
@@ -86,6 +258,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path):
     assert r[1]["got"] == [[1.0, 1.0], [11.0, 11.0, 11.0]]
     assert r[0]["gathered"] == r[1]["gathered"] == [[0.0, 1.0], [0.0, 1.0, 2.0]]
     assert all("ranks disagree on the weights" in x["refused"] for x in r)
+    assert all(x["device"] == "cpu" for x in r)  # gloo takes CPU tensors
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +291,7 @@ def assert_same(a_dir: Path, b_dir: Path, atol: float) -> None:
         assert torch.allclose(a[k], b[k], atol=atol), k
 
 
+@pytest.mark.slow
 def test_oneshot_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
     args = ["oneshot", "--model", str(tiny_no_dropout), "--task", "sst2", "--data-dir",
             str(glue_dir), "--sparsity", "0.5", "0.8", "--num-grads", "7", "--grad-batch-size",
@@ -142,6 +316,7 @@ distillation: {{hardness: 0.0}}
 """
 
 
+@pytest.mark.slow
 def test_prune_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
     # One process with batch 16 against 2 ranks with 8 each: the same global batches, the
     # same total m = 8 gradients per pruning step (4 per rank), the same steps.
@@ -162,6 +337,7 @@ def test_prune_on_two_ranks_equals_one(tmp_path, tiny_no_dropout, glue_dir):
     assert [h["step"] for h in info["pruning_steps"]] == [4, 8, 12]
 
 
+@pytest.mark.slow
 def test_mlm_oneshot_on_two_ranks_equals_one(tmp_path, minilm_path, shared_data):
     """oBERT on the MLM loss under torchrun: each rank draws the same masked batches as one
     process would (seeded collator), so the masks and weights match one process."""

@@ -125,6 +125,7 @@ class _Killed(KeyboardInterrupt):
     pass
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 def test_kill_and_resume_equals_unbroken(tmp_path, tiny_model_dir, glue_dir, monkeypatch):
     recipe = _recipe(tmp_path)
     whole = tmp_path / "whole"

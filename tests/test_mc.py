@@ -356,12 +356,12 @@ def test_multiple_choice_through_every_command(tmp_path, tiny_mc_dir, shared_dat
     qat = json.loads((pr / "eval_results.json").read_text())  # scored fake-quantized
     assert abs(scores["int8"]["accuracy"] - qat["accuracy"]) <= 2 / 48  # a tie or two
     ref = AutoModelForMultipleChoice.from_pretrained(pr).eval()
-    from obert.compression.quant import prepare_qat
+    from obert.compression.plan import prepare_qat
 
     prepare_qat(ref)  # QAT's model: what the INT8 kernels compute
     compiled = rt.compile(AutoModelForMultipleChoice.from_pretrained(pr), "int8")
+    from obert.data.source import DataArgs
     from obert.models import load_tokenizer
-    from obert.workflows.common import DataArgs
     from obert.workflows.export import check_rows
 
     inputs = check_rows(load_tokenizer(str(pr)), DataArgs("commonsense_qa",

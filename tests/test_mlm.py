@@ -119,6 +119,60 @@ def test_masking_collator_80_10_10_within_binomial_bounds(tokenizer, corpus: Pat
     assert torch.equal(again["labels"], batch["labels"])
 
 
+def test_a_batch_always_has_a_masked_token(tokenizer) -> None:
+    """Short rows and a masking probability of 1e-6: nearly every draw masks nothing, yet each
+    batch gets a label on a non-special token and a finite loss (not the NaN mean over zero
+    labels), the same for the same seed; a batch of special tokens only is refused."""
+    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    from obert.errors import ObertError
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64,
+                                       max_position_embeddings=128)).eval()
+    rows = [tokenizer(t, return_special_tokens_mask=True) for t in ("a", "be it", "no", "so")]
+    picked = set()
+    for seed in range(12):
+        batch = masking_collator(tokenizer, seed=seed, mlm_probability=1e-6)(rows)
+        chosen = batch["labels"] != -100
+        assert chosen.any()
+        special = torch.tensor(tokenizer.pad(rows)["special_tokens_mask"]).bool()
+        assert not (chosen & special).any()
+        assert (batch["input_ids"][chosen] == tokenizer.mask_token_id).all()
+        with torch.no_grad():
+            assert torch.isfinite(model(**batch).loss)
+        again = masking_collator(tokenizer, seed=seed, mlm_probability=1e-6)(rows)
+        assert torch.equal(again["labels"], batch["labels"])
+        picked.add(tuple(chosen.nonzero().reshape(-1).tolist()))
+    assert len(picked) > 1  # the forced token is drawn, not always the first one
+    # a batch without masks, as Hugging Face's collator gives it: all labels -100, a NaN loss
+    plain = DataCollatorForLanguageModeling(tokenizer, mlm_probability=1e-6, seed=0)(rows)
+    assert (plain["labels"] == -100).all() and torch.isnan(model(**plain).loss)
+    # unseeded (the Trainer's collator): still at least one label per batch
+    for _ in range(5):
+        assert (masking_collator(tokenizer, mlm_probability=1e-6)(rows)["labels"] != -100).any()
+    only_special = [{"input_ids": [tokenizer.cls_token_id, tokenizer.sep_token_id],
+                     "special_tokens_mask": [1, 1]}]
+    with pytest.raises(ObertError, match="only special tokens"):
+        masking_collator(tokenizer, seed=0, mlm_probability=1e-6)(only_special)
+
+
+def test_masking_collator_is_hugging_face_s_when_something_is_masked(tokenizer) -> None:
+    """A batch whose first draw masks a token is exactly DataCollatorForLanguageModeling's."""
+    from transformers import DataCollatorForLanguageModeling
+
+    rows = [tokenizer(t, return_special_tokens_mask=True) for t in
+            ("The quick brown fox jumps over the lazy dog.", "Pruning with second-order "
+             "information keeps the accuracy of large language models.")]
+    ours = masking_collator(tokenizer, seed=3)(rows)
+    theirs = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=MLM_PROBABILITY, mask_replace_prob=MASK_REPLACE,
+        random_replace_prob=RANDOM_REPLACE, seed=3)(rows)
+    assert (ours["labels"] != -100).any()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ("input_ids", "labels"))
+
+
 # -- KD on MLM logits ------------------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from obert.cli import main
-from obert.compression.quant import FakeQuantLinear, int8_cost_note, int8_linears, quantize_rows
+from obert.compression.plan import int8_cost_note, int8_linears
+from obert.compression.quant import FakeQuantLinear, quantize_rows
 from obert.errors import ObertError
 from obert.training.gradual import MaskedPruning
 from obert.training.recipe import RecipeError, recipe_from_dict
@@ -74,6 +75,7 @@ def _prune(recipe, model, glue_dir, out, *extra) -> int:
                  "--quiet", *extra])
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 def test_prune_then_qat_holds_masks_and_writes_int8_weights(tmp_path, tiny_model_dir, glue_dir,
                                                             monkeypatch, capsys):
     """2 epochs of 4-block pruning to 60%, then 1 epoch of QAT in the same run: pruned weights
@@ -154,6 +156,7 @@ def test_prune_then_qat_holds_masks_and_writes_int8_weights(tmp_path, tiny_model
     assert exp["max_abs_diff"] <= 1e-2 * max(1, exp["max_logit"])
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 def test_qat_alone_on_a_pruned_model_keeps_its_zeros(tmp_path, tiny_model_dir, glue_dir):
     pruned = tmp_path / "pruned"
     assert main(["oneshot", "--model", str(tiny_model_dir), "--task", "sst2", "--data-dir",
@@ -179,6 +182,7 @@ class _Killed(KeyboardInterrupt):
     pass
 
 
+@pytest.mark.slow  # trains or starts processes: make test runs it, test-fast does not
 def test_kill_during_qat_and_resume_equals_unbroken(tmp_path, tiny_model_dir, glue_dir,
                                                     monkeypatch):
     """A run killed inside its QAT phase resumes into QAT (the Linears fake-quantized again

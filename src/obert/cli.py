@@ -240,8 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", type=_number(int, 2), help="multiple-choice models: choices per "
                    "row, each one sequence (default: 5, as CommonsenseQA)")
     p.add_argument("--threads", type=COUNT, help="intra-op threads (default: torch's)")
-    p.add_argument("--warmup", type=_number(int, 0), default=5, help="untimed runs first")
-    p.add_argument("--repeats", type=COUNT, default=20, help="timed runs per engine")
+    p.add_argument("--warmup", type=_number(int, 0), default=5,
+                   help="untimed rounds first (each engine once per round)")
+    p.add_argument("--rounds", "--repeats", dest="repeats", type=COUNT, default=20, metavar="N",
+                   help="timed rounds: each engine once per round, the order rotated; "
+                   "speed-ups are medians of per-round ratios")
     p.add_argument("--task", help="also score every engine on this task's dev set (accuracy "
                    "and latency of the same modules)")
     p.add_argument("--data-dir", help="local GLUE/SQuAD folder for --task")
@@ -395,14 +398,16 @@ def _bench(args: argparse.Namespace) -> int:
         report["task"] = args.task
     report["model"] = args.model
     print(json.dumps(report) if args.json else format_table(report))
+    if args.json and report["busy_note"]:  # the table prints it; JSON readers see it here too
+        print(f"obert: note: {report['busy_note']}", file=sys.stderr)
     return 0
 
 
 def _bench_scorer(args: argparse.Namespace, multiple_choice: bool):
     """The dev-set metrics of an engine (``bench --task``), the data checked before timing."""
+    from obert.data.source import DataArgs
     from obert.models import load_tokenizer
     from obert.training.evaluate import evaluate_split
-    from obert.workflows.common import DataArgs
 
     data = DataArgs(args.task, args.data_dir, validation_file=args.validation_file)
     task = data.spec

@@ -91,19 +91,6 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, log=None) ->
         raise
 
 
-def sparsity_report(model: nn.Module, targets: dict[str, nn.Module]) -> dict:
-    """Per-tensor and global sparsity (fraction of exact zeros) of the target weights."""
-    per = {}
-    zeros = total = 0
-    for name, mod in targets.items():
-        w = mod.weight
-        z = int((w == 0).sum())
-        per[f"{name}.weight"] = {"shape": list(w.shape), "sparsity": z / w.numel(), "zeros": z}
-        zeros, total = zeros + z, total + w.numel()
-    return {"global_sparsity": zeros / total if total else 0.0, "num_weights": total,
-            "num_zeros": zeros, "tensors": per}
-
-
 def save_model(model, tokenizer, folder: Path, info: dict | None = None) -> None:
     """Write a plain Hugging Face folder (safetensors, config, tokenizer) plus ``sparsity.json``."""
     model.save_pretrained(folder, safe_serialization=True)

@@ -44,18 +44,30 @@ def default_keep(n_from: int, n_to: int) -> list[int]:
     return sorted({round(i * (n_from - 1) / (n_to - 1)) for i in range(n_to)})
 
 
-def check_keep(keep: list[int], n_layers: int, what: str = "--keep") -> list[int]:
-    """A keep list must be non-empty, in range, without repeats, in increasing order."""
+def keep_problem(keep: list[int] | None, n_layers: int | None = None) -> str | None:
+    """What is wrong with a list of layers to keep, or None: it must be non-empty, without
+    negative indices or repeats, in increasing order, and (``n_layers`` known) in range. The
+    one statement of the rule, for the CLI and for recipes."""
     if not keep:
-        raise ObertError(f"{what} is empty: name at least one of the {n_layers} layers to keep")
-    bad = [i for i in keep if not 0 <= i < n_layers]
-    if bad:
-        raise ObertError(f"{what} {bad[0]} is out of range: the model has layers 0 to "
-                         f"{n_layers - 1}")
+        return "is empty: name at least one layer to keep, e.g. [0, 2, 5]"
+    if n_layers is not None:
+        bad = [i for i in keep if not 0 <= i < n_layers]
+        if bad:
+            return f"{bad[0]} is out of range: the model has layers 0 to {n_layers - 1}"
+    if any(i < 0 for i in keep):
+        return f"{keep} has a negative index: layers are numbered from 0"
     if len(set(keep)) != len(keep):
-        raise ObertError(f"{what} repeats a layer ({keep}): name each layer once")
+        return f"repeats a layer ({keep}): name each layer once"
     if keep != sorted(keep):
-        raise ObertError(f"{what} {keep} is not in increasing order: layers keep their order")
+        return f"{keep} is not in increasing order: layers keep their order"
+    return None
+
+
+def check_keep(keep: list[int], n_layers: int, what: str = "--keep") -> list[int]:
+    """``keep`` if ``keep_problem`` finds nothing, else ObertError naming ``what``."""
+    problem = keep_problem(keep, n_layers)
+    if problem:
+        raise ObertError(f"{what} {problem}")
     return keep
 
 

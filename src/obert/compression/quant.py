@@ -16,16 +16,14 @@ Rounding is half to even (torch.round; the kernels' std::nearbyint). The runtime
 (``obert.runtime.pack``) takes ``quantize_rows`` from here, and ``FakeQuantLinear`` computes the
 same numbers in float with a straight-through estimator for training.
 
-Which layers are INT8 is decided here too (``int8_linears``): the encoder's Linears, the ones
-pruning targets. Embeddings, pooler and task head stay fp32, in QAT and in ``compile``.
+Which layers and attentions are INT8, and with which scales, is decided once per model by
+``obert.compression.plan.int8_plan``; QAT, ``compile`` and the ONNX export read that plan.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-from obert.errors import ObertError
 
 QMAX = 127
 SCHEME = ("int8: weights symmetric per output row, activations symmetric per token (dynamic), "
@@ -44,6 +42,17 @@ def quantize_rows(weight: Tensor, scale: Tensor | None = None) -> tuple[Tensor, 
         sw = scale.to(device=weight.device, dtype=weight.dtype).reshape(-1)
     wq = torch.round(weight / sw[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     return wq, sw.float()
+
+
+def on_grid(weight: Tensor, scale: Tensor, tol: float = 1e-3) -> bool:
+    """Whether ``weight`` is still s_w·W_q for these per-row scales, as QAT left it:
+    |W/s_w − round(W/s_w)| ≤ ``tol`` and |W/s_w| ≤ 127.5 everywhere, with every s_w > 0 and
+    finite. Scales that fail it would clamp or re-round the weights silently."""
+    s = scale.to(weight.dtype).reshape(-1, 1)
+    if not bool(torch.isfinite(s).all() and (s > 0).all()):
+        return False
+    r = weight / s
+    return bool(((r - torch.round(r)).abs() <= tol).all() and (r.abs() <= QMAX + 0.5).all())
 
 
 def quantize_tokens(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,8 +105,14 @@ class FakeQuantLinear(nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        w = ste(self.weight, fake_quant_weight(self.weight))
-        return nn.functional.linear(ste(x, fake_quant_tokens(x)), w, self.bias)
+        # fp32 outside autocast, as the kernels compute: under bf16/fp16 autocast s_w·W_q and
+        # s_x·x_q would be rounded to 8 mantissa bits, far off the INT8 numbers
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf, wf = x.float(), self.weight.float()
+            w = ste(wf, fake_quant_weight(wf))
+            bias = None if self.bias is None else self.bias.float()
+            y = nn.functional.linear(ste(xf, fake_quant_tokens(xf)), w, bias)
+        return y.to(x.dtype)
 
 
 def _ste_exact(x: Tensor, q: Tensor) -> Tensor:
@@ -224,34 +239,10 @@ def int8_attention_bound(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = 
 # --- which layers, and QAT in and out -------------------------------------------------------
 
 
-def int8_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The Linears that run in INT8 (name -> module): the encoder's, as pruning finds them."""
-    from obert.pruning.targets import find_targets
-
-    try:
-        return find_targets(model)
-    except ObertError:
-        raise ObertError(f"{type(model).__name__} has no encoder Linear layers to quantize "
-                         "(none inside a numbered layer stack): INT8 needs a BERT-like "
-                         "encoder") from None
-
-
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+def swap_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule ``name``."""
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
-
-
-def prepare_qat(model: nn.Module) -> list[str]:
-    """Replace every INT8 Linear by a ``FakeQuantLinear`` on the same parameters and make the
-    attention compute ``int8_attention`` (in place), as ``obert.runtime.compile`` deploys
-    them; returns the Linears' names. Idempotent."""
-    names = []
-    for name, lin in int8_linears(model).items():
-        if not isinstance(lin, FakeQuantLinear):
-            _swap(model, name, FakeQuantLinear.from_linear(lin))
-        names.append(name)
-    simulate_int8_attention(model, True)
-    return names
 
 
 @torch.no_grad()
@@ -269,24 +260,6 @@ def convert_qat(model: nn.Module) -> dict[str, Tensor]:
         lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None,
                         device="meta")
         lin.weight, lin.bias = mod.weight, mod.bias
-        _swap(model, name, lin)
+        swap_module(model, name, lin)
         scales[name] = sw
     return scales
-
-
-def int8_cost_note(model: nn.Module) -> str | None:
-    """A line when unstructured sparsity is read by the INT8 kernels, which skip 4-blocks only:
-    how many multiply-adds the sparsity saves, and how many the kernels still do."""
-    from obert.runtime.compile import weight_stats  # compile's own reading of the densities
-
-    nz = nb = total = 0.0
-    for lin in int8_linears(model).values():
-        d1, d4 = weight_stats(lin.weight)
-        n = lin.weight.numel()
-        nz, nb, total = nz + d1 * n, nb + d4 * n, total + n
-    if nz == total or nb <= 1.05 * nz:
-        return None
-    return (f"the INT8 kernels skip whole 4-blocks: these masks keep {nz / total:.1%} of the "
-            f"encoder's weights but {nb / total:.1%} of its 4-blocks, so INT8 runs "
-            f"{nb / max(nz, 1):.2f}x the multiply-adds the sparsity implies (prune with mask "
-            "block4 for the full INT8 speed-up)")

@@ -6,7 +6,8 @@
 - ``group_texts``: tokenize every document, concatenate, cut into blocks of ``block_size``
   tokens (the remainder is dropped), as Hugging Face's ``run_mlm.py`` does;
 - ``masking_collator``: BERT's masking, 15% of the non-special tokens, of which 80% become
-  [MASK], 10% a random token and 10% stay (Hugging Face's ``DataCollatorForLanguageModeling``).
+  [MASK], 10% a random token and 10% stay (Hugging Face's ``DataCollatorForLanguageModeling``),
+  never a batch with nothing masked (``MaskingCollator``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from itertools import islice
 from pathlib import Path
 
 import datasets
+import torch
+from transformers import DataCollatorForLanguageModeling
 
 from obert.errors import ObertError
 
@@ -25,6 +28,7 @@ MASK_REPLACE = 0.8  # of the chosen tokens: [MASK]
 RANDOM_REPLACE = 0.1  # of the chosen tokens: a random token (the other 10% stay as they are)
 TEXT_EXTS = (".txt", ".text", ".json", ".jsonl")
 VALIDATION_PERCENT = 5  # held out of a hub corpus's train split when it has no validation split
+MASK_DRAWS = 4  # draws of a batch's masks before one token is masked by force
 
 
 def read_text_file(path: str | os.PathLike) -> datasets.Dataset:
@@ -147,13 +151,45 @@ def group_texts(ds: datasets.Dataset, tokenizer, block_size: int) -> datasets.Da
     return blocks
 
 
-def masking_collator(tokenizer, seed: int | None = None):
-    """BERT's 15% masking with 80/10/10 replacement; ``seed`` fixes the masks (evaluation)."""
-    from transformers import DataCollatorForLanguageModeling
+class MaskingCollator(DataCollatorForLanguageModeling):
+    """Hugging Face's MLM collator, except that a batch always has a masked token.
 
+    A batch with no label (short rows, a low probability) has a NaN loss: the mean over zero
+    tokens, which then poisons the Fisher or the optimizer. Such a batch's masks are drawn
+    again, up to ``MASK_DRAWS`` times, then one maskable token, drawn uniformly, becomes [MASK]
+    (as 80% of the chosen do). Every draw comes from the collator's generator, so a seeded
+    collator gives the same batches; a batch that masks something on the first draw is exactly
+    Hugging Face's."""
+
+    def torch_mask_tokens(self, inputs: torch.Tensor, special_tokens_mask=None,
+                          offset_mapping=None) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(MASK_DRAWS):  # the parent writes into its inputs: draw on a copy
+            ids, labels = super().torch_mask_tokens(inputs.clone(), special_tokens_mask,
+                                                    offset_mapping)
+            if (labels != -100).any():
+                return ids, labels
+        if special_tokens_mask is None:
+            special_tokens_mask = [self.tokenizer.get_special_tokens_mask(
+                row, already_has_special_tokens=True) for row in inputs.tolist()]
+        maskable = (~torch.as_tensor(special_tokens_mask, dtype=torch.bool)).reshape(-1)
+        where = maskable.nonzero().reshape(-1)
+        if where.numel() == 0:
+            raise ObertError("an MLM batch holds only special tokens ([CLS], [SEP], padding), "
+                             "so nothing can be masked: use a longer --max-seq-length")
+        pick = where[torch.randint(where.numel(), (1,), generator=self.generator)]
+        labels = torch.full_like(inputs, -100)
+        labels.view(-1)[pick] = inputs.reshape(-1)[pick]
+        ids = inputs.clone()
+        ids.view(-1)[pick] = self.tokenizer.convert_tokens_to_ids(self.tokenizer.mask_token)
+        return ids, labels
+
+
+def masking_collator(tokenizer, seed: int | None = None,
+                     mlm_probability: float = MLM_PROBABILITY) -> MaskingCollator:
+    """BERT's 15% masking with 80/10/10 replacement; ``seed`` fixes the masks (evaluation)."""
     if tokenizer.mask_token is None:
         raise ObertError(f"the tokenizer ({type(tokenizer).__name__}) has no mask token, so "
                          "masked-language modelling cannot mask anything")
-    return DataCollatorForLanguageModeling(
-        tokenizer, mlm=True, mlm_probability=MLM_PROBABILITY, mask_replace_prob=MASK_REPLACE,
+    return MaskingCollator(
+        tokenizer, mlm=True, mlm_probability=mlm_probability, mask_replace_prob=MASK_REPLACE,
         random_replace_prob=RANDOM_REPLACE, seed=seed)

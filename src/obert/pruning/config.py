@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from obert.errors import ObertError
+from obert.sparsity import sparsity_problem
 
 MASK_GROUP = {"unstructured": 1, "block4": 4}
 # The paper's Fisher block size B per mask (PAPER.md §2): 50 for single weights, 32 for 4-blocks.
@@ -123,6 +124,7 @@ class TargetsConfig:
 
 
 def check_sparsity(s: float, name: str = "--sparsity") -> float:
-    if not 0.0 <= s < 1.0:
-        raise ObertError(f"{name} {s} is outside [0, 1): use e.g. 0.8 for 80%")
+    problem = sparsity_problem(s)
+    if problem:
+        raise ObertError(f"{name} {problem}")
     return s

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def group_keep_from_weight(w: Tensor, k: int) -> Tensor:
@@ -37,6 +37,12 @@ class MaskSet:
         self.masks = {n: masks[n].to(device=w.device, dtype=torch.bool)
                       for n, w in weights.items()}
         self._hooks: list = []
+
+    @classmethod
+    def from_model(cls, modules: dict[str, nn.Module], k: int = 1) -> MaskSet:
+        """Masks over the weights of ``modules`` (name -> module, as ``find_targets`` returns
+        them): what the model holds now, exact zeros pruned."""
+        return cls({n: m.weight for n, m in modules.items()}, k)
 
     @classmethod
     def dense(cls, weights: dict[str, Tensor], k: int = 1) -> MaskSet:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from obert.pruning import fisher as fisher_mod
 from obert.pruning.config import StepConfig
-from obert.pruning.distributed import BlockShards, Comm
+from obert.pruning.distributed import Comm, FisherShards
 from obert.pruning.masks import MaskSet
 from obert.pruning.obs import magnitude_saliency, obs_update, saliency
 from obert.pruning.select import select_prune
@@ -75,8 +75,9 @@ class OBSPruner(Pruner):
     saliency and applies the OBS update to the surviving weights.
 
     Call ``begin()``, ``add_grads()`` once per gradient round, then ``step()``; repeat for each
-    recomputation. Over R ranks this rank holds only its shard of the Fisher blocks (see
-    ``distributed.BlockShards``); every rank must make the same calls.
+    recomputation. Over R ranks this rank holds only its shard of the Fisher blocks; which
+    shard, and the collectives that feed it and share its results, are ``self.shards``
+    (``distributed.FisherShards``). Every rank must make the same calls.
     """
 
     needs_grads = True
@@ -88,31 +89,25 @@ class OBSPruner(Pruner):
                              f"{masks.k}")
         super().__init__(masks, comm)
         self.block_size, self.damp, self.chunk = block_size, damp, chunk
-        self.shards = BlockShards({n: w.numel() for n, w in self.weights.items()}, block_size,
-                                  self.comm.world)
+        self.shards = FisherShards({n: w.numel() for n, w in self.weights.items()}, block_size,
+                                   self.comm)
         self._fishers: dict[str, fisher_mod.EmpiricalFisher] = {}
         self._finv: dict[str, Tensor] = {}
         self.failures: list[dict] = []  # factorisations that needed more damping, last estimate
 
-    def _span(self, name: str) -> tuple[int, int]:
-        return self.shards.span(name, self.comm.rank)
-
     def memory_bytes(self) -> int:
         """This rank's bytes for the Fisher accumulators and gradient buffers (float64), plus
         the all-to-all buffers over several ranks; computed before allocation."""
-        mine = [b - a for a, b in (self._span(n) for n in self.weights)]
-        need = fisher_mod.fisher_memory_bytes(mine, self.block_size) + 8 * self.chunk * sum(mine)
-        if self.comm.world > 1:
-            total = sum(w.numel() for w in self.weights.values())
-            need += 4 * (total + self.comm.world * sum(mine))
-        return need
+        mine = [b - a for a, b in (self.shards.own(n) for n in self.weights)]
+        return (fisher_mod.fisher_memory_bytes(mine, self.block_size) + 8 * self.chunk * sum(mine)
+                + self.shards.buffer_bytes())
 
     def begin(self) -> None:
         """Start a fresh Fisher estimate (one per recomputation)."""
         self._finv, self.failures = {}, []
         self._fishers = {}
         for n, w in self.weights.items():
-            a, b = self._span(n)
+            a, b = self.shards.own(n)
             self._fishers[n] = fisher_mod.EmpiricalFisher(b - a, self.block_size, self.damp,
                                                           self.chunk, w.device)
 
@@ -121,23 +116,9 @@ class OBSPruner(Pruner):
         none left. Gradients of pruned weights are masked to 0 before they enter the Fisher."""
         masked = None if grads is None else {
             n: (grads[n] * self.masks.masks[n]).reshape(-1) for n in self._fishers}
-        if self.comm.world == 1:
-            if masked is not None:
-                for n, f in self._fishers.items():
-                    f.add_grad(masked[n])
-            return
-        # One flag element in front says whether the slice holds a gradient.
-        send = []
-        for r in range(self.comm.world):
-            if masked is None:
-                send.append(torch.zeros(1 + self.shards.numel(r)))
-            else:
-                send.append(torch.cat([torch.ones(1), self.shards.slices(masked, r).float().cpu()]))
-        for piece in self.comm.exchange(send):
-            if piece[0] == 1:
-                parts = self.shards.split(piece[1:], self.comm.rank)
-                for n, f in self._fishers.items():
-                    f.add_grad(parts[n].to(self.weights[n].device))
+        for part in self.shards.exchange_grads(masked):
+            for n, f in self._fishers.items():
+                f.add_grad(part[n].to(self.weights[n].device))
 
     @property
     def num_grads(self) -> int:
@@ -169,7 +150,7 @@ class OBSPruner(Pruner):
         return self._finv
 
     def _shard_blocks(self, name: str, finv: Tensor) -> Tensor:
-        a, b = self._span(name)
+        a, b = self.shards.own(name)
         w = self.weights[name].detach().reshape(-1)[a:b].to(finv.dtype)
         return fisher_mod.to_blocks(w, self.block_size)
 
@@ -177,28 +158,24 @@ class OBSPruner(Pruner):
         finv = self.current_fisher_inv()
         local = []
         for name in self.weights:
-            a, b = self._span(name)
+            a, b = self.shards.own(name)
             s = saliency(self._shard_blocks(name, finv[name]), finv[name], self.k)
             local.append(s.reshape(-1)[: (b - a) // self.k].float())
-        whole = self.shards.assemble(self.comm.gather(torch.cat(local)), unit=self.k)
+        whole = self.shards.assemble_all(local, unit=self.k)
         return {n: self._masked(n, s.to(self.weights[n].device)) for n, s in whole.items()}
 
     def update(self, prune: dict[str, Tensor]) -> None:
         finv, new = self._finv, []
         for name, w in self.weights.items():
-            a, b = self._span(name)
+            a, b = self.shards.own(name)
             wb = self._shard_blocks(name, finv[name])
             p = torch.zeros(wb.numel() // self.k, dtype=torch.bool, device=wb.device)
             p[: (b - a) // self.k] = prune[name].reshape(-1)[a // self.k : b // self.k]
             delta = obs_update(wb, finv[name], p.view(wb.shape[0], -1), self.k)
             new.append((wb.reshape(-1)[: b - a] + delta.reshape(-1)[: b - a]).to(w.dtype))
-        if self.comm.world == 1:
-            for w, x in zip(self.weights.values(), new, strict=True):
-                w.view(-1).copy_(x)
-        else:  # every rank takes each shard's new weights from the rank that owns it
-            parts = self.comm.gather(torch.cat(new).cpu())
-            for name, x in self.shards.assemble(parts).items():
-                self.weights[name].view(-1).copy_(x)
+        # every rank takes each shard's new weights from the rank that owns it
+        for name, x in self.shards.assemble_all(new).items():
+            self.weights[name].view(-1).copy_(x)
         self._finv = {}  # F⁻¹ belongs to the weights it was estimated at
 
 

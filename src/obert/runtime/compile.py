@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from obert.compression.quant import int8_linears
-from obert.io import weight_scales_of
+from obert.compression.plan import QKV, Int8Plan, int8_plan
+from obert.sparsity import weight_stats
 
 from .autotune import Autotuner
 from .modules import (
@@ -43,15 +43,6 @@ class LayerChoice:
     gelu_fused: bool = False
     qkv_fused: bool = False
     ffn_fused: bool = False
-
-
-def weight_stats(weight: torch.Tensor) -> tuple[float, float]:
-    """(unstructured density, 4-block density) of a [out, in] weight."""
-    w = weight.detach()
-    nz = w.ne(0)
-    pad = (-w.shape[1]) % 4
-    nzb = nn.functional.pad(nz, (0, pad)).view(w.shape[0], -1, 4).any(-1)
-    return nz.float().mean().item(), nzb.float().mean().item()
 
 
 def _is_exact_gelu(mod: nn.Module) -> bool:
@@ -95,17 +86,19 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     tune_tokens: int = 128,
     int8_attention: bool = True,
     fuse_ffn: bool = True,
+    plan: Int8Plan | None = None,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
     dtype "fp32" keeps fp32 math (sparse layers on blocked-CSR kernels, the rest untouched).
-    "int8" runs the encoder's Linears (``obert.compression.quant.int8_linears``, what QAT
-    simulates) in obert's INT8 scheme: sparse ones on the int8 4-block kernels, dense ones on
-    ``DenseInt8Linear``; pooler and head stay fp32. ``weight_scales`` (name -> per-row s_w, as
-    QAT writes them) replace the scales computed from the weights; left None, a model loaded
-    from a local QAT output folder uses that folder's ``quantization.safetensors``
-    (``obert.io.weight_scales_of``), and ``model.obert_trained_scales`` says whether trained
-    scales were used. A Linear goes sparse when
+    "int8" runs what the model's INT8 plan says (``obert.compression.plan``: the one QAT
+    simulates and the export writes; ``plan``, or made here from ``weight_scales`` and
+    ``int8_attention``): the encoder's Linears in obert's INT8 scheme, sparse ones on the int8
+    4-block kernels, dense ones on ``DenseInt8Linear``, with the plan's scales (QAT's trained
+    ones while the weights still fit them: ``weight_scales``, name -> per-row s_w, or left
+    None the local QAT folder's ``quantization.safetensors``); pooler and head stay fp32.
+    ``model.obert_int8_plan`` is the plan and ``model.obert_trained_scales`` says whether
+    trained scales were used. A Linear goes sparse when
     the fraction of multiply-adds it keeps is at most `max_density` (default MAX_DENSITY), or,
     with ``autotune``, when its sparse kernel beat the dense path in a timing on this machine
     at ``tune_tokens`` tokens (``obert.runtime.autotune``; cached per machine, torch, ISA and
@@ -113,24 +106,24 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     The choices are in `model.obert_layers` (a list of LayerChoice). Past the linears: the
     exact GELU after an intermediate projection runs in the kernel's output (`fuse_gelu`), and
     attention's query/key/value, when all three go sparse, run as one kernel call (`fuse_qkv`).
-    With dtype "int8", each BERT-style self-attention also runs QKᵀ and P·V in INT8
-    (``Int8SelfAttention``, ``obert.compression.quant.int8_attention``) unless
-    ``int8_attention`` is False; its projections are one kernel call when they share an engine.
+    With dtype "int8", each self-attention of the plan also runs QKᵀ and P·V in INT8
+    (``Int8SelfAttention``, ``obert.compression.quant.int8_attention``); its projections are one kernel call when they share an engine.
     The converted attention modules are named in `model.obert_attention`. A feed-forward
     block whose two Linears both go sparse INT8 (with the GELU fused) runs as one call that
     keeps the hidden activations in cache (``Int8FeedForward``, `fuse_ffn`).
     """
     if dtype not in MAX_DENSITY:
         raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
+    if dtype == "int8" and plan is None:
+        plan = int8_plan(model, weight_scales, attention=int8_attention)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
     model.requires_grad_(False)
-    int8 = set(int8_linears(model)) if dtype == "int8" else set()
-    if dtype == "int8" and weight_scales is None:
-        weight_scales = weight_scales_of(model)
-    scales = weight_scales or {}
-    model.obert_trained_scales = bool(scales)
+    int8 = set(plan.linears) if dtype == "int8" else set()
+    scales = plan.scales if dtype == "int8" else {}
+    model.obert_int8_plan = plan if dtype == "int8" else None
+    model.obert_trained_scales = bool(plan.trained) if dtype == "int8" else False
 
     def layer_dtype(name: str) -> str:
         return "int8" if name in int8 else "fp32"
@@ -138,8 +131,8 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     tuner = Autotuner(tune_tokens) if autotune else None
     choices: list[LayerChoice] = []
     model.obert_attention = []
-    if dtype == "int8" and int8_attention:
-        choices += _int8_attention(model, int8, max_density, scales, tuner, fuse_qkv)
+    if dtype == "int8" and plan.attention:
+        choices += _int8_attention(model, plan.attention, max_density, scales, tuner, fuse_qkv)
         model.obert_attention = sorted({c.name.rpartition(".")[0] for c in choices})
     if fuse_qkv:
         choices += _fuse_qkv(model, layer_dtype, max_density, scales, tuner)
@@ -172,9 +165,6 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         tuner.save()
         model.obert_autotune = {"cache": str(tuner.path), "timed": tuner.timed}
     return model
-
-
-QKV = ("query", "key", "value")
 
 
 def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
@@ -229,17 +219,6 @@ def _fuse_ffn(model: nn.Module, choices: list[LayerChoice]) -> None:
             by_name[f"{name}.{part}" if name else part].ffn_fused = True
 
 
-def _is_self_attention(mod: nn.Module) -> bool:
-    """A transformers encoder self-attention that Int8SelfAttention can stand in for."""
-    return (type(mod).__name__.endswith("SelfAttention")
-            and all(isinstance(getattr(mod, a, None), nn.Linear) for a in QKV)
-            and isinstance(getattr(mod, "num_attention_heads", None), int)
-            and isinstance(getattr(mod, "attention_head_size", None), int)
-            and isinstance(getattr(mod, "scaling", None), float)
-            and not getattr(mod, "is_decoder", False) and not getattr(mod, "is_causal", False)
-            and getattr(mod, "position_embedding_type", "absolute") == "absolute")
-
-
 def _concat(lins: list[nn.Linear]) -> nn.Linear:
     """One Linear whose output is the outputs of ``lins`` side by side."""
     weight = torch.cat([lin.weight.detach() for lin in lins])
@@ -254,27 +233,24 @@ def _concat(lins: list[nn.Linear]) -> nn.Linear:
 
 def _concat_scales(names: list[str], lins: list[nn.Linear],
                    scales: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The per-row INT8 scales of ``_concat(lins)``: trained ones where given, the weights'
-    own elsewhere; None when none is trained (the packing computes them all)."""
+    """The per-row INT8 scales of ``_concat(lins)``: the plan's where given, the weights'
+    own elsewhere; None when none is given (the packing computes them all)."""
     if not any(n in scales for n in names):
         return None
     return torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
                       for n, lin in zip(names, lins, strict=True)])
 
 
-def _int8_attention(model: nn.Module, int8: set[str], max_density: float | None,
+def _int8_attention(model: nn.Module, attention: tuple[str, ...], max_density: float | None,
                     scales: dict[str, torch.Tensor], tuner: Autotuner | None,
                     fuse: bool) -> list[LayerChoice]:
-    """Replace each self-attention whose projections are all INT8 by an Int8SelfAttention;
-    the projections become one kernel call when they share an engine (and ``fuse``)."""
+    """Replace each self-attention of the plan by an Int8SelfAttention; the projections
+    become one kernel call when they share an engine (and ``fuse``)."""
     choices = []
     parents = dict(model.named_modules())
-    for name, mod in list(model.named_modules()):
-        if not _is_self_attention(mod):
-            continue
+    for name in attention:
+        mod = model.get_submodule(name)
         names = [f"{name}.{a}" if name else a for a in QKV]
-        if not all(n in int8 for n in names):
-            continue
         lins = [getattr(mod, a) for a in QKV]
         cs = [choose(n, lin, "int8", max_density, tuner, scales.get(n))
               for n, lin in zip(names, lins, strict=True)]

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
-from obert.compression.quant import int8_cost_note, prepare_qat
+from obert.compression.plan import int8_cost_note, prepare_qat
 from obert.pruning.distributed import Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.step import pruning_step
@@ -138,7 +138,7 @@ class QuantizeFrom(TrainerCallback):
     def enable(self, model: nn.Module) -> None:
         if self.names:
             return
-        self.names = prepare_qat(model)
+        self.names = list(prepare_qat(model).linears)
         if self.is_main:
             self.log(f"INT8 quantization-aware training from optimizer step {self.start}: "
                      f"{len(self.names)} encoder Linears fake-quantized")

@@ -20,6 +20,7 @@ import yaml
 
 from obert.errors import ObertError
 from obert.pruning.config import MASK_GROUP, FisherConfig, StepConfig, TargetsConfig
+from obert.sparsity import sparsity_problem
 from obert.training.schedule import StepPlan, lr_at, plan_steps, sparsity_targets
 
 __all__ = ["FisherConfig", "LayersConfig", "PruningConfig", "QuantizationConfig", "Recipe",
@@ -63,8 +64,8 @@ class PruningConfig(StepConfig):
     def check(self, key: str) -> None:  # type: ignore[override]
         super().check(lambda path: f"recipe key {key}.{path} =", RecipeError)
         _one_of(f"{key}.interpolation", self.interpolation, ("cubic", "linear"))
-        _need(0 <= self.final_sparsity < 1, f"{key}.final_sparsity",
-              f"= {self.final_sparsity} is outside [0, 1)")
+        problem = sparsity_problem(self.final_sparsity)
+        _need(problem is None, f"{key}.final_sparsity", f"= {problem}")
         _need(0 <= self.init_sparsity <= self.final_sparsity, f"{key}.init_sparsity",
               f"= {self.init_sparsity} must be in [0, final_sparsity]")
         _need(self.start_epoch >= 0, f"{key}.start_epoch", "must be ≥ 0")
@@ -99,14 +100,10 @@ class LayersConfig:
     keep: list[int] | None = None
 
     def check(self) -> None:
-        _need(self.keep is None or len(self.keep) > 0, "layers.keep",
-              "is empty: list the layers to keep, e.g. [0, 2, 5]")
-        if self.keep:
-            _need(all(i >= 0 for i in self.keep), "layers.keep", f"= {self.keep} has a negative index")
-            _need(len(set(self.keep)) == len(self.keep), "layers.keep",
-                  f"= {self.keep} repeats a layer")
-            _need(self.keep == sorted(self.keep), "layers.keep",
-                  f"= {self.keep} is not in increasing order")
+        from obert.compression.layers import keep_problem
+
+        problem = None if self.keep is None else keep_problem(self.keep)
+        _need(problem is None, "layers.keep", problem or "")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""What the CLI's jobs share (data arguments, the output writer, dev scoring) and the small
-jobs: fine-tune and evaluate. Each reads its inputs, checks them before any long work, and
+"""What the CLI's jobs share (input checks, the output writer, dev scoring) and the small
+jobs: fine-tune and evaluate. Where data comes from is ``obert.data.source.DataArgs``; the
+model on obert's kernels, ``obert.runtime.engine``. Each reads its inputs, checks them before any long work, and
 writes its output folder atomically."""
 
 from __future__ import annotations
@@ -8,18 +9,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
 from obert import __version__
-from obert.data.checks import check_split
-from obert.data.glue import load_split, subsample
-from obert.data.tasks import TaskSpec, get_task
+from obert.data.source import DataArgs
 from obert.data.tokenize import encode
 from obert.errors import ObertError
-from obert.io import atomic_output, check_output, save_model, sparsity_report
+from obert.io import atomic_output, check_output, save_model
 from obert.models import (
     check_head,
     check_head_class,
@@ -29,93 +27,14 @@ from obert.models import (
     load_tokenizer,
 )
 from obert.pruning.targets import find_targets
+from obert.runtime.engine import compile_for
+from obert.sparsity import sparsity_report
 from obert.training.evaluate import evaluate_split
 from obert.training.finetune import FinetuneConfig, finetune, freeze_base
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class DataArgs:
-    """Where a task's data comes from: a local folder, explicit files, or the hub."""
-
-    task: str
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    max_train_samples: int | None = None
-    seed: int = 42
-    doc_stride: int = 128  # QA: overlap of the windows over a long context
-    split_articles: int | None = None  # QA: train on dev minus its last N articles, test on them
-    dataset: str | None = None  # MLM: a hub corpus (e.g. wikipedia) instead of text files
-    dataset_config: str | None = None  # MLM: the corpus's config; WinoGrande: its size
-    streaming: bool = False  # MLM: read only the --max-train-samples documents used
-
-    @property
-    def spec(self) -> TaskSpec:
-        return get_task(self.task)
-
-    def load(self, split: str) -> datasets.Dataset:
-        if self.spec.is_mlm:
-            return self._load_text(split)
-        if self.dataset is not None or self.streaming:
-            raise ObertError(f"--dataset and --streaming are for --task mlm; {self.spec.name} "
-                             "reads --data-dir, --train-file/--validation-file or the hub's glue")
-        if self.split_articles is not None:
-            from obert.data.qa import split_articles
-
-            if not self.spec.is_qa:
-                raise ObertError("--split-articles is for --task squad only")
-            if split not in ("train", "dev"):
-                raise ObertError(f"with --split-articles the splits are train and dev, not {split}")
-            whole = load_split(self.spec, "dev", self.data_dir, self.validation_file)
-            ds = split_articles(whole, self.split_articles)[0 if split == "train" else 1]
-        else:
-            file = {"train": self.train_file, "dev": self.validation_file}.get(split)
-            ds = load_split(self.spec, split, self.data_dir, file,
-                            self.dataset_config if self.spec.is_mc else None)
-        if split == "train":
-            ds = subsample(ds, self.max_train_samples, self.seed)
-        return check_split(ds, self.spec, split, self.where(split))
-
-    def _load_text(self, split: str) -> datasets.Dataset:
-        """An MLM corpus split: a ``text`` column, one document per row."""
-        from obert.data.mlm import load_corpus
-
-        if split not in ("train", "dev"):
-            raise ObertError(f"the mlm task has a train and a dev split, not {split}")
-        file = {"train": self.train_file, "dev": self.validation_file}[split]
-        ds = load_corpus(split, file, None if file else self.dataset, self.dataset_config,
-                         self.streaming, self.max_train_samples)
-        return subsample(ds, self.max_train_samples, self.seed) if split == "train" else ds
-
-    def where(self, split: str) -> str:
-        """Where a split comes from, in the words of the flags that chose it."""
-        file = {"train": self.train_file, "dev": self.validation_file}.get(split)
-        if self.split_articles is not None:
-            return f"--split-articles {self.split_articles} of the dev file"
-        if self.dataset and not file:
-            return f"the hub dataset {self.dataset}"
-        return file or self.data_dir or "the Hugging Face hub"
-
-    def describe(self) -> dict:
-        out = {"task": self.spec.name, "data_dir": self.data_dir, "train_file": self.train_file,
-               "validation_file": self.validation_file,
-               "max_train_samples": self.max_train_samples, "seed": self.seed}
-        if self.spec.is_mlm:
-            out.update(dataset=self.dataset, dataset_config=self.dataset_config,
-                       streaming=self.streaming)
-        if self.spec.is_mc and self.dataset_config:
-            out["dataset_config"] = self.dataset_config
-        if self.spec.is_qa:
-            out["doc_stride"] = self.doc_stride
-            out["split_articles"] = self.split_articles
-            if self.split_articles is not None:
-                out["split"] = (f"article split of the dev file: train = all but its last "
-                                f"{self.split_articles} articles, dev = those {self.split_articles}")
-        return out
 
 
 def check_inputs(model_name: str, data: DataArgs, max_seq_length: int,
@@ -180,7 +99,7 @@ def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: s
     method = "head-only" if head_only else "sparse-transfer" if masks else "dense-finetune"
     counted = ({n: model.get_submodule(n) for n in masks.weights} if masks
                else targets_or_none(model))
-    info = {**sparsity_report(model, counted), "method": method,
+    info = {**sparsity_report(counted), "method": method,
             "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity,
                          "head_only": head_only}, "train": summary,
             **({"masks": origin} if origin else {})}
@@ -199,7 +118,7 @@ def transfer_masks(model, model_name: str):
     pruned = pruned_tensors(model_name)
     targets = {n: m for n, m in find_targets(model, embeddings=True, head=True).items()
                if is_encoder_linear(n, m) or f"{n}.weight" in pruned}
-    masks = MaskSet({n: m.weight for n, m in targets.items()})
+    masks = MaskSet.from_model(targets)
     if masks.sparsity() == 0:
         raise ObertError(f"--keep-sparsity: {model_name} has no zero weights in its "
                          f"{len(targets)} target layers, so there is no sparsity to keep: "
@@ -262,37 +181,13 @@ def run_evaluate(model_name: str, data: DataArgs, split: str = "dev", max_seq_le
     check_head(model_name, head, task)
     layers = None
     if runtime != "pytorch":
-        model, layers = compiled(model, runtime)
+        model, layers = compile_for(model, runtime, log)
     metrics = evaluate_split(model, ds, tokenizer, task, max_seq_length, batch_size, quiet,
                              data.doc_stride)
     sp = Path(model_name) / "sparsity.json"
     sparsity = json.loads(sp.read_text())["global_sparsity"] if sp.is_file() else None
     return {"task": task.name, "split": split, **metrics, "sparsity": sparsity,
             "runtime": runtime, **({"kernels": layers} if layers else {})}
-
-
-def compiled(model, runtime: str):
-    """``model`` on obert's CPU kernels in ``runtime`` ("fp32" or "int8"), and how many of its
-    Linears run on them. INT8 wants AVX2 or AVX-512 VNNI: the scalar fallback is refused.
-    A QAT model's trained scales are used (``compile`` finds them beside the weights)."""
-    import obert.runtime as rt
-
-    if runtime == "int8" and rt.available_isas()[0] == "scalar":
-        raise ObertError("--runtime int8 needs AVX2 or AVX-512 VNNI, which this CPU lacks "
-                         "(only the scalar reference kernels run here): use --runtime fp32")
-    if runtime == "int8":
-        from obert.compression.quant import int8_cost_note
-
-        note = int8_cost_note(model)
-        if note:
-            log(note)
-    model = rt.compile(model.cpu(), dtype=runtime)
-    engines = [c.engine for c in model.obert_layers]
-    return model, {"isa": rt.isa(), "linears": len(engines),
-                   "sparse": sum(e.startswith("sparse") for e in engines),
-                   "int8": sum(e.endswith("int8") for e in engines),
-                   "int8_attention": len(model.obert_attention),
-                   "trained_scales": model.obert_trained_scales}
 
 
 def targets_or_none(model) -> dict:

@@ -1,8 +1,9 @@
 """``obert export``: the model as an ONNX file, checked with ONNX Runtime on real rows.
 
-Steps: check the output path; load the model (and a QAT model's trained scales); tokenize the
-check rows (the task's dev rows, or a fixed set of English sentences); export and check
-(``obert.runtime.export``); report.
+Steps: check the output path; load the model; make its INT8 plan (``--int8``: which Linears and
+attentions, and a QAT model's trained scales while its weights still fit them); tokenize the
+check rows (the task's dev rows, or a fixed set of English sentences); export and check against
+``compile`` (``obert.runtime.export``); report.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from obert.compression.plan import int8_plan
+from obert.data.source import DataArgs
 from obert.errors import ObertError
-from obert.io import weight_scales_of
 from obert.models import (
     check_seq_len,
     is_multiple_choice,
@@ -20,7 +22,7 @@ from obert.models import (
     load_for_inference,
     load_tokenizer,
 )
-from obert.workflows.common import DataArgs, check_inputs, log
+from obert.workflows.common import check_inputs, log
 
 # Used when no --task is given: varied real sentences, long and short, so padding is checked.
 SAMPLE = [
@@ -109,14 +111,20 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
         check_seq_len(load_config(model_name), max_seq_length)
     model = load_for_inference(model_name)
     tokenizer = load_tokenizer(model_name)
-    scales = weight_scales_of(model) if int8 else None
+    plan = int8_plan(model, log=log) if int8 else None
     inputs = check_rows(tokenizer, data, rows, max_seq_length, is_multiple_choice(model))
-    report = export_onnx(model, path, inputs, int8, scales, tolerance)
+    report = export_onnx(model, path, inputs, int8, tolerance=tolerance, plan=plan)
+    trained = plan is not None and bool(plan.trained)
     log(f"wrote {path} ({report.size_mb:.1f} MB, {report.dtype}"
-        f"{f', {report.int8_layers} INT8 Linears' if int8 else ''}"
-        f"{', trained scales' if scales else ''}): largest logit difference from PyTorch "
-        f"{report.max_abs_diff:.3g} on {report.rows} rows (tolerance {report.tolerance:g} x "
-        f"max(1, {report.max_logit:.3g}))"
-        + (f"; ONNX Runtime's default optimizations give {report.default_session_diff:.3g}, "
+        + (f", {report.int8_layers} INT8 Linears, {report.int8_attention} INT8 attentions"
+           if int8 else "")
+        + (", trained scales" if trained else "")
+        + f"): against {report.reference} on {report.rows} rows, largest logit difference "
+        f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g} x max(1, "
+        f"{report.max_logit:.3g})), same label on {report.label_agreement:.1%}"
+        + (f"; QAT's simulation differs by {report.simulation_diff:.3g}; ONNX Runtime's "
+           f"default optimizations give {report.default_session_diff:.3g}, "
            "session.disable_quant_qdq=1 keeps obert's numbers" if int8 else ""))
-    return {**asdict(report), "trained_scales": bool(scales)}
+    if plan is not None and plan.attention_note:
+        log(f"attention stays fp32: {plan.attention_note}")
+    return {**asdict(report), "trained_scales": trained}

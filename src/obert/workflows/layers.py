@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from obert import __version__
 from obert.compression.layers import PAPER_KEEP, check_keep, default_keep, drop_layers, layer_stack
-from obert.io import atomic_output, check_output, save_model, sparsity_report
+from obert.io import atomic_output, check_output, save_model
 from obert.models import load_for_inference, load_tokenizer
+from obert.sparsity import sparsity_report
 from obert.workflows.common import log, targets_or_none
 
 
@@ -25,7 +26,7 @@ def run_drop_layers(model_name: str, output: str, keep: list[int] | None = None,
         rule = "given"
     check_keep(keep, n)
     drop_layers(model, keep)
-    info = {**sparsity_report(model, targets_or_none(model)), "method": "drop-layers",
+    info = {**sparsity_report(targets_or_none(model)), "method": "drop-layers",
             "layers": {"kept": keep, "from": n, "rule": rule},
             "obert_version": __version__, "source_model": model_name}
     with atomic_output(output, overwrite, log) as tmp:

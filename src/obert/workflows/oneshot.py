@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from obert.data.glue import subsample
+from obert.data.source import DataArgs
 from obert.data.tokenize import batches, encode
-from obert.io import atomic_output, save_model, sparsity_report
+from obert.io import atomic_output, save_model
 from obert.models import check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig, TargetsConfig, check_sparsity
 from obert.pruning.distributed import Comm, init_from_env
@@ -16,7 +17,8 @@ from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check, prune_each
 from obert.pruning.targets import check_group_shape, find_targets
-from obert.workflows.common import DataArgs, check_inputs, log, maybe_evaluate, provenance
+from obert.sparsity import sparsity_report
+from obert.workflows.common import check_inputs, log, maybe_evaluate, provenance
 
 
 def sparsity_folder(s: float) -> str:
@@ -29,7 +31,7 @@ def target_masks(model, cfg: StepConfig, targets: TargetsConfig, fix: str) -> Ma
     found = find_targets(model, targets.include, targets.exclude, targets.embeddings,
                          targets.head)
     check_group_shape(found, cfg.k, fix)
-    return MaskSet({n: m.weight for n, m in found.items()}, cfg.k)
+    return MaskSet.from_model(found, cfg.k)
 
 
 def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: list[float],
@@ -86,7 +88,7 @@ def _finish(model, tokenizer, model_name: str, data: DataArgs, cfg: StepConfig, 
     if not comm.is_main:
         return {}
     modules = {n: model.get_submodule(n) for n in masks.weights}
-    report = sparsity_report(model, modules)
+    report = sparsity_report(modules)
     log(f"sparsity {s:.2f}: global sparsity {report['global_sparsity']:.4f} over "
         f"{report['num_weights']:,} weights ({wall:.1f}s since the start)")
     metrics = maybe_evaluate(model, tokenizer, data, max_seq_length, quiet) if do_eval else {}

@@ -1,6 +1,7 @@
 """``obert prune``: gradual pruning (or dense distillation) by a recipe, in the HF Trainer.
 
-``run_prune`` is its steps, each a function here (or in ``common``):
+``run_prune`` is its steps, each a function here (or in ``common``), sharing one ``PruneJob``
+(the run's inputs, and what each step made):
 
 1. ``check_inputs`` and the train split: everything checkable before any model is loaded;
 2. ``training_args``: the Trainer's arguments (under torchrun this starts the process group);
@@ -21,16 +22,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from obert.compression.quant import SCHEME, convert_qat, int8_linears, prepare_qat
+from obert.compression.plan import int8_linears, prepare_qat
+from obert.compression.quant import SCHEME, convert_qat
+from obert.data.source import DataArgs
 from obert.data.tokenize import batches, collator, encode
 from obert.errors import ObertError
-from obert.io import QUANT_FILE, check_output, save_weight_scales, sparsity_report
+from obert.io import QUANT_FILE, check_output, save_weight_scales
 from obert.models import HeadInfo, check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig
 from obert.pruning.distributed import TIMEOUT, Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check
+from obert.sparsity import sparsity_report
 from obert.training.evaluate import evaluate_mlm, evaluate_split
 from obert.training.gradual import (
     DistillTrainer,
@@ -43,7 +47,6 @@ from obert.training.gradual import (
 from obert.training.recipe import Recipe
 from obert.training.schedule import StepPlan
 from obert.workflows.common import (
-    DataArgs,
     check_inputs,
     log,
     mask_origin,
@@ -87,6 +90,34 @@ class Splits:
     eval_fn: object | None
 
 
+@dataclass
+class PruneJob:
+    """One ``obert prune`` run as its steps share it: the inputs, then what the steps made."""
+
+    model_name: str
+    data: DataArgs
+    recipe: Recipe
+    output: str
+    run: PruneRunArgs
+    work: Path  # the checkpoints, beside the output
+    comm: Comm
+    models: Models | None = None  # load_models
+    splits: Splits | None = None  # load_data
+
+
+@dataclass
+class Training:
+    """What ``build_trainer`` made, and (after ``train``) how the run went."""
+
+    trainer: DistillTrainer
+    masked: MaskedPruning
+    metrics_log: MetricsLog
+    plan: StepPlan
+    resume_from: Path | None = None
+    out: object = None  # the Trainer's TrainOutput
+    wall: float = 0.0
+
+
 def checkpoint_dir(output: str | Path) -> Path:
     """Where an unfinished ``obert prune`` keeps its checkpoints (beside the output)."""
     out = Path(output)
@@ -103,21 +134,15 @@ def run_prune(model_name: str, data: DataArgs, recipe: Recipe, output: str,
     work = checkpoint_dir(output)
     args = training_args(work, recipe, run, data.seed)
     comm = Comm.current() if args.world_size > 1 else Comm()
-    candidates = resume_point(output, work, run, comm)
-    models = load_models(model_name, data, recipe, run, comm)
-    splits = load_data(data, raw_train, models.tokenizer, recipe, run)
-    trainer, masked, metrics_log, plan = build_trainer(args, models, splits, data, recipe, run,
-                                                       comm)
-    check_identity(work, bool(candidates), recipe, model_name, models.teacher_name, data, run,
-                   comm)
-    resume_from = pick_checkpoint(candidates, masked)
-    t0 = time.time()
-    out = train(trainer, masked, metrics_log, plan, resume_from)
-    wall = time.time() - t0
-    result = {}
-    if comm.is_main:
-        result = write_outputs(output, work, trainer.model, models, data, recipe, run, plan,
-                               masked, metrics_log, out, wall, resume_from, model_name, comm)
+    job = PruneJob(model_name, data, recipe, output, run, work, comm)
+    candidates = resume_point(job)
+    job.models = load_models(job)
+    job.splits = load_data(job, raw_train)
+    training = build_trainer(job, args)
+    check_identity(job, resuming=bool(candidates))
+    training.resume_from = pick_checkpoint(candidates, training.masked)
+    train(training)
+    result = write_outputs(job, training) if comm.is_main else {}
     comm.finish()
     return result
 
@@ -154,10 +179,11 @@ def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
     return args
 
 
-def resume_point(output: str, work: Path, run: PruneRunArgs, comm: Comm) -> list[Path]:
+def resume_point(job: PruneJob) -> list[Path]:
     """The complete checkpoints of an interrupted run, newest first (``--resume``), or [] after
     clearing the way for a fresh run. A folder with no complete checkpoint (a run that failed
     before its first save) is cleared without asking, so no --resume loop can arise."""
+    output, work, run, comm = job.output, job.work, job.run, job.comm
     found = complete_checkpoints(work)
     if run.resume:
         if not found:
@@ -177,10 +203,10 @@ def resume_point(output: str, work: Path, run: PruneRunArgs, comm: Comm) -> list
     return []
 
 
-def load_models(model_name: str, data: DataArgs, recipe: Recipe, run: PruneRunArgs,
-                comm: Comm) -> Models:
+def load_models(job: PruneJob) -> Models:
     """Student and teacher; the student's targets under a MaskSet (its zeros stay pruned); the
     Fisher's per-rank memory checked before any data is read."""
+    model_name, data, recipe, run, comm = job.model_name, job.data, job.recipe, job.run, job.comm
     task, dcfg, pcfg = data.spec, recipe.distillation, recipe.pruning
     tokenizer = load_tokenizer(model_name)
     model, head = load_classifier(model_name, task, with_info=True)
@@ -226,7 +252,9 @@ def teacher_choice(model_name: str, head: HeadInfo, task, run: PruneRunArgs,
         "distillation.hardness: 0")
 
 
-def load_data(data: DataArgs, raw_train, tokenizer, recipe: Recipe, run: PruneRunArgs) -> Splits:
+def load_data(job: PruneJob, raw_train) -> Splits:
+    """The encoded train split, and the dev split as the task is scored during training."""
+    data, recipe, run, tokenizer = job.data, job.recipe, job.run, job.models.tokenizer
     task = data.spec
     train = encode(raw_train, tokenizer, task, recipe.max_seq_length, data.doc_stride)
     try:
@@ -248,10 +276,11 @@ def load_data(data: DataArgs, raw_train, tokenizer, recipe: Recipe, run: PruneRu
     return Splits(train, dev_raw, eval_fn)
 
 
-def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: Recipe,
-                  run: PruneRunArgs, comm: Comm):
+def build_trainer(job: PruneJob, args) -> Training:
     """The Trainer with its callbacks; the plan comes from its own training data loader, so
     world size, batching and gradient accumulation are counted as the Trainer counts them."""
+    models, splits, data, recipe = job.models, job.splits, job.data, job.recipe
+    run, comm = job.run, job.comm
     from transformers import IntervalStrategy, PrinterCallback
 
     from obert.data.metrics import compute_metrics
@@ -292,7 +321,7 @@ def build_trainer(args, models: Models, splits: Splits, data: DataArgs, recipe: 
                                                  sorted(plan.prune_at.items()))
                if plan.prune_at else "")
             + (f"; INT8 QAT from step {plan.qat_start}" if plan.qat_start is not None else ""))
-    return trainer, masked, metrics_log, plan
+    return Training(trainer, masked, metrics_log, plan)
 
 
 def pick_checkpoint(candidates: list[Path], masked: MaskedPruning) -> Path | None:
@@ -312,29 +341,75 @@ def pick_checkpoint(candidates: list[Path], masked: MaskedPruning) -> Path | Non
     return None
 
 
-def check_identity(work: Path, resuming: bool, recipe: Recipe, model_name: str,
-                   teacher_name: str | None, data: DataArgs, run: PruneRunArgs,
-                   comm: Comm) -> None:
-    """Record the run's identity in ``run.json``; a resumed run must match it."""
-    identity = {"recipe": recipe.to_dict(), "model": model_name, "teacher": teacher_name,
-                "data": data.describe(),
-                "gradient_accumulation_steps": run.gradient_accumulation_steps}
+# Settings that change how a run is carried out but not what it computes: left out of the
+# identity, so a run can resume with, e.g., another Fisher memory budget.
+RUN_ONLY = (("recipe", "pruning", "fisher", "max_memory_gb"),)
+_ABSENT = object()  # a key the interrupted run did not record
+
+
+def check_identity(job: PruneJob, resuming: bool) -> None:
+    """Record the run's identity in ``run.json``; a resumed run must match it (the number of
+    ranks included: it changes the batches and the Fisher's split; an identity recorded before
+    ``world_size`` was, takes any)."""
+    teacher = job.models.teacher_name if job.models is not None else None
+    identity = _without_run_knobs({
+        "recipe": job.recipe.to_dict(), "model": job.model_name, "teacher": teacher,
+        "data": job.data.describe(),
+        "gradient_accumulation_steps": job.run.gradient_accumulation_steps,
+        "world_size": job.comm.world})
+    work, comm = job.work, job.comm
     id_file = work / "run.json"
     if resuming and id_file.is_file():
-        before = json.loads(id_file.read_text())
-        changed = sorted(k for k in identity
-                         if before.get(k) != json.loads(json.dumps(identity[k])))
+        before = _without_run_knobs(json.loads(id_file.read_text()))
+        before.setdefault("world_size", identity["world_size"])
+        changed = _differences(before, identity)
         if changed:
-            raise ObertError(f"--resume: {', '.join(changed)} differ from the interrupted run's "
-                             f"(see {id_file}); resume with the same arguments or use --overwrite")
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise ObertError(f"--resume: this run differs from the interrupted one in "
+                             f"{'; '.join(changed[:3])}{more} (see {id_file}): resume with the "
+                             "same arguments, or use --overwrite")
     if comm.is_main:
         work.mkdir(parents=True, exist_ok=True)
         id_file.write_text(json.dumps(identity, indent=2) + "\n")
 
 
-def train(trainer: DistillTrainer, masked: MaskedPruning, metrics_log: MetricsLog,
-          plan: StepPlan, resume_from: Path | None):
-    """Masks on, the step-0 pruning step if the plan has one, then the Trainer's loop."""
+def _without_run_knobs(identity: dict) -> dict:
+    """``identity`` as JSON would give it back, without the ``RUN_ONLY`` settings."""
+    out = json.loads(json.dumps(identity))
+    for *parents, key in RUN_ONLY:
+        d = out
+        for k in parents:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(key, None)
+    return out
+
+
+def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Each leaf of ``now`` whose value differs from ``before``'s, as "key old → new"."""
+    out = []
+    for k, v in now.items():
+        old = before.get(k, _ABSENT)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out += _differences(old, v, f"{prefix}{k}.")
+        elif old != v:
+            out.append(f"{prefix}{k} {_short(old)} → {_short(v)}")
+    return out
+
+
+def _short(value: object) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def train(training: Training) -> None:
+    """Masks on, the step-0 pruning step if the plan has one, then the Trainer's loop (its
+    output and wall time kept in ``training``)."""
+    trainer, masked, metrics_log = training.trainer, training.masked, training.metrics_log
+    plan, resume_from = training.plan, training.resume_from
+    t0 = time.time()
     if resume_from is not None:  # masks and history were loaded by pick_checkpoint
         if masked.comm.is_main:
             metrics_log.truncate(int(resume_from.name.split("-")[-1]))
@@ -346,9 +421,11 @@ def train(trainer: DistillTrainer, masked: MaskedPruning, metrics_log: MetricsLo
             masked.masks.apply()
             if masked.cfg is not None and 0 in plan.prune_at:
                 masked.prune(0, trainer.model)
-        return trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        training.out = trainer.train(
+            resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         masked.masks.detach()
+        training.wall = time.time() - t0
 
 
 def mean_logged_loss(path: Path) -> float | None:
@@ -358,11 +435,13 @@ def mean_logged_loss(path: Path) -> float | None:
     return sum(losses) / len(losses) if losses else None
 
 
-def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs,
-                  recipe: Recipe, run: PruneRunArgs, plan: StepPlan, masked: MaskedPruning,
-                  metrics_log: MetricsLog, out, wall: float, resume_from: Path | None,
-                  model_name: str, comm: Comm) -> dict:
+def write_outputs(job: PruneJob, training: Training) -> dict:
     """The model folder (rank 0): weights, sparsity.json, eval_results.json, metrics, plots."""
+    output, work, models, data = job.output, job.work, job.models, job.data
+    recipe, run, comm, model_name = job.recipe, job.run, job.comm, job.model_name
+    model, plan, masked = training.trainer.model, training.plan, training.masked
+    metrics_log, out, wall = training.metrics_log, training.out, training.wall
+    resume_from = training.resume_from
     from obert.training.plots import plot_run, schedule_curves
 
     task, pcfg, qcfg = data.spec, recipe.pruning, recipe.quantization
@@ -372,7 +451,7 @@ def write_outputs(output: str, work: Path, model, models: Models, data: DataArgs
     final = maybe_evaluate(model, models.tokenizer, data, recipe.max_seq_length, run.quiet)
     scales = convert_qat(model) if qcfg is not None else None
     modules = {n: model.get_submodule(n) for n in models.masks.weights}
-    report = sparsity_report(model, modules)
+    report = sparsity_report(modules)
     lr = recipe.lr_fn(plan)
     kind = "sparse-transfer" if models.start_sparsity > 0 else "dense"
     info = {**report, "method": f"gradual-{pcfg.method}" if pcfg else f"{kind}-distill",

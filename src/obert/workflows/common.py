@@ -160,7 +160,7 @@ def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str
     ``extra`` writes more files into the temporary folder before it is renamed."""
     info = {**info, **provenance(model_name, data)}
     with atomic_output(output, overwrite, log) as tmp:
-        save_model(model, tokenizer, tmp, info)
+        save_model(model, tokenizer, tmp, info, metrics)
         if metrics:
             (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if extra is not None:

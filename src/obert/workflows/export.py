@@ -8,13 +8,12 @@ check rows (the task's dev rows, or a fixed set of English sentences); export an
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
-from pathlib import Path
 
 from obert.compression.plan import int8_plan
 from obert.data.source import DataArgs
 from obert.errors import ObertError
+from obert.io import check_output
 from obert.models import (
     check_seq_len,
     is_multiple_choice,
@@ -35,19 +34,6 @@ SAMPLE = [
     "If the weather holds, the match will be played on Sunday afternoon as planned.",
     "The cat sat on the mat while the dog slept by the fire.",
 ]
-
-
-def check_onnx_output(output: str, overwrite: bool) -> Path:
-    path = Path(output)
-    if path.is_dir():
-        raise ObertError(f"--output {path} is a folder: name the .onnx file to write")
-    if path.exists() and not overwrite:
-        raise ObertError(f"{path} already exists: choose another --output or pass --overwrite")
-    if not path.parent.is_dir():
-        raise ObertError(f"the folder of --output {path} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise ObertError(f"cannot write in {path.parent}: choose another --output")
-    return path
 
 
 def check_rows(tokenizer, data: DataArgs | None, rows: int, max_seq_length: int,
@@ -104,7 +90,7 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
                overwrite: bool = False) -> dict:
     from obert.runtime.export import export_onnx
 
-    path = check_onnx_output(output, overwrite)
+    path = check_output(output, overwrite, file=True)
     if data is not None:
         check_inputs(model_name, data, max_seq_length)
     else:

@@ -97,7 +97,7 @@ def _finish(model, tokenizer, model_name: str, data: DataArgs, cfg: StepConfig, 
                          "max_seq_length": max_seq_length, "world_size": comm.world},
             "wall_s": wall, **provenance(model_name, data)}
     folder.mkdir(exist_ok=True)
-    save_model(model, tokenizer, folder, info)
+    save_model(model, tokenizer, folder, info, metrics)
     if metrics:
         (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return {"sparsity": s, "global_sparsity": report["global_sparsity"], **metrics,

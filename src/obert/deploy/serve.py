@@ -17,8 +17,8 @@ such as a text over the model's positions when the server refuses rather than tr
 (422), a full queue (503 with ``Retry-After``), a failure in the model (500; the server goes
 on). A client that disconnects while its inputs wait has them dropped from the queue.
 
-Shutdown (SIGTERM or Ctrl-C): uvicorn stops accepting, the requests in flight are answered,
-the queue is drained, and the process exits 0.
+Shutdown on SIGTERM: uvicorn stops accepting, the requests in flight are answered, the queue
+is drained, and the process exits 0 (Ctrl-C drains the same way, then exits 130).
 """
 
 import asyncio
@@ -82,6 +82,15 @@ class ServeSettings:
                              f"{self.max_inputs}: a full request could never be queued")
 
 
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread the model runs on. Load and compile the model on it too
+    (``model_thread().submit(Predictor.load, ...)``): torch's OpenMP gives every thread that
+    runs parallel work its own team of worker threads, and a second team (the main thread's,
+    from compiling) beside the one that serves slows each forward down (measured 1.3-2.5x on
+    2 cores)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="obert-model")
+
+
 class QueueFull(Exception):
     pass
 
@@ -112,10 +121,10 @@ class Batcher:
     """The queue of inputs and the loop that runs them in batches on one worker thread."""
 
     def __init__(self, predictor: Predictor, settings: ServeSettings,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics, executor: ThreadPoolExecutor | None = None) -> None:
         self.predictor, self.settings, self.metrics = predictor, settings, metrics
         self._queue: deque[tuple[_Job, int]] = deque()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="obert-model")
+        self._executor = executor or model_thread()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.closing = False
@@ -327,9 +336,11 @@ async def _client_gone(receive) -> None:
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None, *,
-               log: Callable[[str], None] | None = None, warmup: bool = True):
+               log: Callable[[str], None] | None = None, warmup: bool = True,
+               executor: ThreadPoolExecutor | None = None):
     """The FastAPI app serving ``predictor``; the batcher runs for the app's lifespan
-    (``with TestClient(app)`` or uvicorn)."""
+    (``with TestClient(app)`` or uvicorn), the model on ``executor`` (default: a new
+    ``model_thread()``; pass the one that loaded the model)."""
     require_serve()
     from fastapi import Body, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -341,7 +352,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None, *,
     settings.check()
     log = log or (lambda msg: print(f"obert serve: {msg}", file=sys.stderr, flush=True))
     metrics = ServerMetrics()
-    batcher = Batcher(predictor, settings, metrics)
+    batcher = Batcher(predictor, settings, metrics, executor)
     example = {"classification": ["a gripping, funny film", ["premise", "hypothesis"]],
                "regression": [["a man plays a guitar", "a person plays music"]],
                "qa": {"question": "Who wrote it?", "context": "It was written by Ann."},
@@ -498,9 +509,10 @@ def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
 
 def serve(predictor: Predictor, settings: ServeSettings, sock: socket.socket | None = None,
           log_level: str = "info", access_log: bool = False,
-          log: Callable[[str], None] | None = None) -> None:
+          log: Callable[[str], None] | None = None,
+          executor: ThreadPoolExecutor | None = None) -> None:
     """Serve on ``sock`` (default: ``listen()``) until SIGTERM or Ctrl-C, then drain and
-    return."""
+    return; the model runs on ``executor`` (see ``model_thread``)."""
     _, uvicorn = require_serve()
     log = log or (lambda msg: print(f"obert serve: {msg}", file=sys.stderr, flush=True))
     settings.check()
@@ -513,7 +525,7 @@ def serve(predictor: Predictor, settings: ServeSettings, sock: socket.socket | N
         if msg.startswith("ready"):
             log(f"listening on http://{shown}:{port} (docs at /docs)")
 
-    app = create_app(predictor, settings, log=ready_log)
+    app = create_app(predictor, settings, log=ready_log, executor=executor)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)

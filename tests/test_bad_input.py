@@ -66,6 +66,16 @@ CASES: dict[str, tuple[str, str]] = {
     "demo-num-grads-zero": ("demo --num-grads 0 --output {out}", "--num-grads: 0 must be ≥ 1"),
     "demo-epochs-zero": ("demo --epochs 0 --output {out}", "--epochs: 0 must be > 0"),
     "bench-seq-len-zero": ("bench --model {ft} --seq-len 0", "--seq-len: 0 must be ≥ 1"),
+    "bench-rounds-zero": ("bench --model {ft} --rounds 0", "--rounds/--repeats: 0 must be ≥ 1"),
+    "serve-batch-zero": ("serve --model {ft} --max-batch-size 0", "--max-batch-size: 0 must be ≥ 1"),
+    "serve-wait-negative": ("serve --model {ft} --max-wait-ms -1", "--max-wait-ms: -1 must be ≥ 0"),
+    "serve-port-too-big": ("serve --model {ft} --port 70000", "70000 must be below 65536"),
+    "serve-threads-zero": ("serve --model {ft} --threads 0", "--threads: 0 must be ≥ 1"),
+    "serve-inputs-zero": ("serve --model {ft} --max-inputs 0", "--max-inputs: 0 must be ≥ 1"),
+    "serve-body-zero": ("serve --model {ft} --max-body-bytes 0", "--max-body-bytes: 0 must be ≥ 1"),
+    "serve-length-small": ("serve --model {ft} --max-length 0", "--max-length: 0 must be ≥ 8"),
+    "serve-runtime-unknown": ("serve --model {ft} --runtime bogus", "invalid choice: 'bogus'"),
+    "serve-no-model": ("serve --model {tmp}/none --port 0", "does not exist"),
     # -- the model and the sequence length ----------------------------------------------------
     "no-such-model": ("oneshot --model {tmp}/no-model --task sst2 --data-dir {glue} "
                       "--sparsity 0.5 --method magnitude --output {out}", "does not exist"),

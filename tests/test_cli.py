@@ -293,3 +293,19 @@ def test_model_folder_without_tokenizer_is_refused(tiny_model_dir: Path, glue_di
     rc = cli("evaluate", "--model", folder, "--task", "sst2", "--data-dir", glue_dir, "--quiet")
     assert rc == 2, "scored SST-2 with a tokenizer that maps every word to [UNK]"
     _assert_one_error_line(capsys.readouterr().err, "tokenizer")
+
+
+def test_overwrite_never_deletes_the_current_folder_or_its_parents(tmp_path, monkeypatch, capsys):
+    """--overwrite replaces an output folder, never the folder the command runs in or one
+    that holds it: one line, exit 2, every file still there."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("x")
+    monkeypatch.chdir(work)
+    for out in (".", str(work), str(tmp_path)):
+        capsys.readouterr()
+        assert main(["drop-layers", "--model", "no-such-model", "--keep", "0", "--output", out,
+                     "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds the current folder" in err and "\n" not in err
+        assert (work / "keep.txt").read_text() == "x"

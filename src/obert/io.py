@@ -23,6 +23,11 @@ def check_output(path: str | os.PathLike, overwrite: bool, file: bool = False) -
         raise ObertError(f"--output {path} is a folder: name the file to write")
     if not file and path.exists() and not path.is_dir():
         raise ObertError(f"--output {path} is a file, not a folder: choose another --output")
+    if not file and overwrite and path.is_dir():
+        here = Path.cwd().resolve()
+        if path.resolve() in (here, *here.parents, Path.home().resolve()):
+            raise ObertError(f"--output {path} holds the current folder (or is your home): "
+                             "--overwrite would delete it; choose a new folder for --output")
     if path.exists() and not overwrite:
         what = "" if file else "output folder "
         raise ObertError(f"{what}{path} already exists: choose another --output or pass "

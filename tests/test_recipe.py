@@ -199,3 +199,100 @@ def test_bad_recipe_file_is_one_line(tmp_path, capsys, tiny_model_dir):
     assert main(["prune", "--recipe", "no-such-recipe", "--model", "m", "--task", "sst2",
                  "--output", str(tmp_path / "out")]) == 2
     assert "neither a file nor a bundled recipe" in capsys.readouterr().err
+
+
+# --- the bundled recipes come from one table (obert.training.recipe_table) --------------------
+
+
+def test_bundled_files_are_the_table_regenerated_byte_for_byte():
+    from obert.training import recipe_table as rt
+
+    names = [row.name for row in rt.TABLE]
+    assert len(names) == len(set(names)) == 67
+    assert set(bundled_recipes()) == set(names)  # what --recipe NAME finds is the table
+    for row in rt.TABLE:
+        text = bundled_recipes()[row.name].read_text(encoding="utf-8")
+        assert text == rt.render(row), f"{row.name}: run python -m obert.training.recipe_table --write"
+        assert text.splitlines()[0] == rt.GENERATED
+    assert rt.differences(rt.recipes_folder()) == []
+
+
+def test_generator_check_finds_drift_and_write_repairs_it(tmp_path, capsys):
+    from obert.training import recipe_table as rt
+
+    assert rt.main(["--folder", str(tmp_path), "--write"]) == 0
+    edited = tmp_path / "gmp-glue-90.yaml"
+    edited.write_text(edited.read_text().replace("final_sparsity: 0.9", "final_sparsity: 0.8"))
+    (tmp_path / "stray.yaml").write_text("epochs: 1\n")
+    (tmp_path / "obert-mc-50.yaml").unlink()
+    capsys.readouterr()
+    assert rt.main(["--folder", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "gmp-glue-90.yaml: differs" in err and "stray.yaml: no row" in err
+    assert "obert-mc-50.yaml: missing" in err
+    assert rt.main(["--folder", str(tmp_path), "--write"]) == 1  # the stray file stays, named
+    assert rt.differences(tmp_path) == ["stray.yaml: no row in the table"]
+
+
+def _printed(capsys, argv: list[str]):
+    capsys.readouterr()
+    assert main(["recipe", *argv]) == 0
+    out = capsys.readouterr().out
+    return recipe_from_dict(yaml.safe_load(out)), out
+
+
+def test_recipe_command_reproduces_every_bundled_recipe(capsys):
+    from obert.training import recipe_table as rt
+
+    for row in rt.TABLE:
+        r, out = _printed(capsys, row.spec.argv())
+        assert r == load_recipe(row.name), row.name
+        assert f"# The bundled recipe {row.name} has these settings" in out
+    # the example, flags in another order, gmp for magnitude
+    r, out = _printed(capsys, ["--method", "gmp", "--mask", "block4", "--target-sparsity", "0.8",
+                               "--epochs", "30", "--task", "squad", "--layers", "6", "--qat",
+                               "--schedule", "paper"])
+    assert r == load_recipe("gmp-squad-L6-block4-80-qat") and "gmp-squad-L6-block4-80-qat" in out
+    assert r.layers.keep == [0, 2, 4, 6, 8, 11] and r.pruning.init_sparsity == 0.3  # init30
+    # a task name picks its family; a cell that is not bundled says so by naming none
+    r, out = _printed(capsys, ["--schedule", "paper", "--task", "mnli", "--epochs", "30",
+                               "--target-sparsity", "0.9"])
+    assert r == load_recipe("obert-glue-90")
+    r, out = _printed(capsys, ["--schedule", "paper", "--task", "squad", "--epochs", "15",
+                               "--target-sparsity", "0.9", "--layers", "3", "--qat"])
+    assert "bundled recipe" not in out
+    # the paper's schedule in proportion to the epochs: dense to 1, steps every 2 to 13
+    assert [e for e, _ in r.pruning.targets()] == [1, 3, 5, 7, 9, 11, 13]
+    assert r.layers.keep == [0, 6, 11] and r.quantization.epochs == 2 and r.epochs == 15
+
+
+def test_recipe_command_keeps_the_scaled_rule_by_default(capsys):
+    r, out = _printed(capsys, ["--target-sparsity", "0.9", "--epochs", "3"])
+    assert r == scaled_recipe(0.9, 3)
+    assert out.startswith("# Same as: obert recipe --schedule scaled --target-sparsity 0.9 "
+                          "--epochs 3 --task glue\n")
+    r, _ = _printed(capsys, ["--target-sparsity", "0.9", "--epochs", "3", "--task", "mlm"])
+    assert (r.batch_size, r.lr.max, r.lr.min, r.distillation.temperature) == (256, 5e-4, 5e-6, 5.5)
+    r, _ = _printed(capsys, ["--target-sparsity", "0.9", "--epochs", "3", "--layers", "6"])
+    assert r.pruning.init_sparsity == 0.3 and r.layers.keep == [0, 2, 4, 6, 8, 11]
+    r, _ = _printed(capsys, ["--target-sparsity", "0.9", "--epochs", "3", "--layers", "6",
+                             "--first-step", "0.7"])
+    assert r.pruning.init_sparsity == 0.7
+
+
+def test_recipe_list_shows_the_table_with_sources_and_figures(capsys):
+    from obert.training import recipe_table as rt
+
+    capsys.readouterr()
+    assert main(["recipe", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 120
+    by_name = {line.split()[0]: line for line in lines[1:len(rt.TABLE) + 1]}
+    assert list(by_name) == [row.name for row in rt.TABLE]
+    assert by_name["obert-squad-90"].endswith("§2 downstream    SQuAD F1 88.31")
+    assert by_name["obert-squad-L3-block4-90-qat"].endswith("SQuAD F1 79.66")
+    assert by_name["gmp-squad-90"].endswith("—")  # the paper has no GMP★ figure
+    assert by_name["obert-glue-init30-80"].split()[1:8] == [
+        "paper", "glue", "obert", "80%", "0.3", "unstr.", "12"]
+    assert by_name["gmp-glue-L6-block4-80-qat"].split()[1:10] == [
+        "paper", "glue", "gmp", "80%", "0.3", "block4", "6", "yes", "30"]

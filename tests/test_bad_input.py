@@ -10,6 +10,7 @@ bad files below, {out} an --output that must not appear. New inputs join the tab
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,14 @@ ONESHOT = "oneshot --model {ft} --task sst2 --data-dir {glue} --sparsity 0.5"
 PRUNE = "prune --recipe {tmp}/ok.yaml --model {ft} --task sst2 --data-dir {glue}"
 MLM = "finetune --model {model} --task mlm"
 MC = "finetune --model {model} --task multiple_choice --output {out} --train-file"
+NAN_IN_QUERY = ("has 1 non-finite value (NaN or inf) in "
+                "bert.encoder.layer.0.attention.self.query.weight")
+NO_HUB_MODEL = "'no-org/no-model' is "  # not a local folder, and the hub cannot be reached
+GLUE_TRAIN = "finetune --model {model} --task sst2 --train-file"
+STSB = "finetune --model {model} --task stsb"
+SQUAD_TRAIN = ("finetune --model {model} --task squad --validation-file {tmp}/ok-squad.json "
+               "--max-seq-length 128 --doc-stride 32 --train-file")
+OUT = "oneshot --model {ft} --task sst2 --sparsity 0.5 --method magnitude"
 
 CASES: dict[str, tuple[str, str]] = {
     # -- arguments and numbers ---------------------------------------------------------------
@@ -118,13 +127,13 @@ CASES: dict[str, tuple[str, str]] = {
     "header-only-tsv": ("finetune --model {model} --task sst2 --train-file {tmp}/header.tsv "
                         "--output {out}", "has no rows"),
     "corrupt-jsonl": ("finetune --model {model} --task sst2 --train-file {tmp}/bad.jsonl "
-                      "--output {out}", "cannot read"),
+                      "--output {out}", "bad.jsonl, line 2: not JSON"),
     "corrupt-parquet": ("finetune --model {model} --task sst2 --train-file {tmp}/bad.parquet "
                         "--output {out}", "cannot read"),
     "not-utf8-tsv": ("finetune --model {model} --task sst2 --train-file {tmp}/latin1.tsv "
                      "--output {out}", "is not UTF-8"),
     "squad-without-paragraphs": (f"finetune --model {{model}} {SQUAD} --output {{out}}",
-                                 "not in SQuAD format"),
+                                 "squad-dev.json, line 1, article 1: paragraphs is missing"),
     "keep-sparsity-of-a-dense-model": ("finetune --model {ft} --task sst2 --data-dir {glue} "
                                        "--max-train-samples 16 --keep-sparsity --output {out}",
                                        "has no zero weights"),
@@ -192,7 +201,7 @@ CASES: dict[str, tuple[str, str]] = {
     "mlm-blank-text": (f"{MLM} --train-file {{tmp}}/blank.txt --output {{out}}", "has no text"),
     "mlm-not-utf8": (f"{MLM} --train-file {{tmp}}/latin1.txt --output {{out}}", "is not UTF-8"),
     "mlm-jsonl-without-text": (f"{MLM} --train-file {{tmp}}/no-text.jsonl --output {{out}}",
-                               'line 1: no "text" string field'),
+                               "no-text.jsonl, line 1: text is missing"),
     "mlm-jsonl-not-json": (f"{MLM} --train-file {{tmp}}/not-json.jsonl --output {{out}}",
                            "line 2: not JSON"),
     "mlm-csv-corpus": (f"{MLM} --train-file {{tmp}}/ok.csv --output {{out}}",
@@ -234,8 +243,8 @@ CASES: dict[str, tuple[str, str]] = {
     "mc-no-files-in-folder": ("finetune --model {model} --task multiple_choice --data-dir "
                               "{tmp}/empty --output {out}", "no train data for multiple_choice"),
     "mc-dev-unanswered": ("evaluate --model {mc} --task multiple_choice --validation-file "
-                          "{tmp}/mc-unanswered.jsonl", "1 dev row(s) of multiple_choice have "
-                          "no answer"),
+                          "{tmp}/mc-unanswered.jsonl", "mc-unanswered.jsonl, line 2: label is "
+                          "missing (a row without an answer)"),
     "mc-model-without-mc-class": ("finetune --model {tmp}/gpt2 --task multiple_choice "
                                   "--train-file {tmp}/mc-ok.jsonl --output {out}",
                                   "no multiple-choice head in transformers"),
@@ -260,10 +269,10 @@ CASES: dict[str, tuple[str, str]] = {
     "bench-mc-task-on-classifier": ("bench --model {ft} --task commonsense_qa --data-dir "
                                     "{tmp} --repeats 1", "commonsense_qa is multiple choice"),
     "export-mc-task-on-classifier": ("export --model {ft} --output {out} --task commonsense_qa "
-                                     "--validation-file {tmp}/csqa-bad.jsonl",
+                                     "--validation-file {tmp}/csqa-ok.jsonl",
                                      "the model is not a multiple-choice model"),
     "mc-question-null": (f"{MC} {{tmp}}/mc-null.jsonl", "mc-null.jsonl, line 1: question is "
-                         "missing, not text"),
+                         "missing"),
     "export-mc-model-glue-task": ("export --model {mc} --output {out} --task sst2 --data-dir "
                                   "{glue}", "has no choices"),
     "recipe-first-step-zero": ("recipe --target-sparsity 0.9 --epochs 3 --first-step 0",
@@ -272,14 +281,271 @@ CASES: dict[str, tuple[str, str]] = {
                               "--first-step: 1 must be below 1"),
     "recipe-unknown-family": ("recipe --target-sparsity 0.9 --epochs 3 --task nope",
                               "unknown task 'nope'"),
+    "recipe-schedule-unknown": ("recipe --schedule nope --target-sparsity 0.9 --epochs 3",
+                                "--schedule 'nope' is not one of scaled, paper, smc-bench"),
+    "recipe-method-unknown": ("recipe --method movement --target-sparsity 0.9 --epochs 3",
+                              "--method 'movement' is not one of obert, gmp, magnitude"),
+    "recipe-mask-unknown": ("recipe --mask block8 --target-sparsity 0.9 --epochs 3",
+                            "--mask 'block8' is not one of unstructured, block4"),
+    "recipe-layers-all": ("recipe --layers 12 --target-sparsity 0.9 --epochs 3",
+                          "--layers 12 must be 1 to 11"),
+    "recipe-layers-zero": ("recipe --layers 0 --target-sparsity 0.9 --epochs 3",
+                           "--layers: 0 must be ≥ 1"),
+    "recipe-epochs-zero": ("recipe --target-sparsity 0.9 --epochs 0", "--epochs: 0 must be > 0"),
+    "recipe-target-zero": ("recipe --schedule paper --target-sparsity 0 --epochs 30",
+                           "--target-sparsity 0 is outside (0, 1)"),
+    "recipe-no-target": ("recipe --schedule paper --task squad --epochs 30 --qat",
+                         "needs --target-sparsity and --epochs"),
+    "recipe-transfer-target": ("recipe --schedule transfer --epochs 8 --target-sparsity 0.9",
+                               "--schedule transfer prunes nothing"),
+    "recipe-transfer-mask": ("recipe --schedule transfer --epochs 8 --mask block4",
+                             "drop --mask"),
+    "recipe-transfer-no-epochs": ("recipe --schedule transfer --task squad",
+                                  "--schedule transfer needs --epochs"),
+    "recipe-smc-first-step": ("recipe --schedule smc-bench --task mc --epochs 4.926 "
+                              "--target-sparsity 0.8 --first-step 0.3", "drop --first-step"),
     # -- outputs that hold inputs, the file system's errors (issue 24) ------------------------
     # @@ outputs-and-fs
+    # --overwrite replaces only a folder obert wrote (its .obert-output marker) or an empty one,
+    # never the current folder, an input or a folder holding one; {out!s:.0} is "" (an empty arg)
+    "overwrite-current-folder": (f"{OUT} --output . --overwrite", "holds the current folder"),
+    "overwrite-root": (f"{OUT} --output / --overwrite", "holds the current folder"),
+    "output-empty": (f"{OUT} --output {{out!s:.0}} --overwrite", "--output is empty"),
+    "prune-output-empty": (f"{PRUNE} --output {{out!s:.0}} --overwrite", "--output is empty"),
+    "overwrite-the-model": (f"{OUT} --output {{ft}} --overwrite",
+                            "--output {ft} is an input of this run"),
+    "overwrite-parent-of-the-model": (f"{OUT} --output {{ft.parent}} --overwrite",
+                                      "holds an input ({ft}) of this run"),
+    "drop-layers-over-the-model": ("drop-layers --model {ft} --keep 0 --output {ft} --overwrite",
+                                   "is an input of this run"),
+    "overwrite-the-teacher": (f"{PRUNE} --teacher {{tmp}}/teacher --output {{tmp}}/teacher "
+                              "--overwrite", "--output {tmp}/teacher is an input of this run"),
+    "overwrite-the-data-dir": ("finetune --model {model} --task sst2 --data-dir {tmp}/train-only "
+                               "--output {tmp}/train-only --overwrite",
+                               "{tmp}/train-only is an input of this run"),
+    "overwrite-parent-of-train-file": ("finetune --model {model} --task sst2 --train-file "
+                                       "{tmp}/held/ok.csv --output {tmp}/held --overwrite",
+                                       "holds an input ({tmp}/held/ok.csv) of this run"),
+    "overwrite-parent-of-recipe": ("prune --recipe {tmp}/held/ok.yaml --model {ft} --task sst2 "
+                                   "--data-dir {glue} --output {tmp}/held --overwrite",
+                                   "holds an input ({tmp}/held/ok.yaml) of this run"),
+    "overwrite-user-folder": (f"{OUT} --output {{tmp}}/user-folder --overwrite",
+                              "was not written by obert: delete it yourself"),
+    "demo-over-user-folder": ("demo --output {tmp}/user-folder", "was not written by obert"),
+    "resume-into-user-folder": (f"{PRUNE} --resume --output {{tmp}}/user-folder",
+                                "was not written by obert"),
+    "output-dangling-link": (f"{OUT} --output {{tmp}}/dangling",
+                             "is a link to {tmp}/nowhere, which does not exist"),
+    "overwrite-through-link": (f"{OUT} --output {{tmp}}/link-to-empty --overwrite",
+                               "is a link to {tmp}/empty"),
+    "output-name-too-long": (f"{OUT} --output {{tmp}}/{'n' * 300}",
+                             "the name is too long for the file system (300 bytes"),
+    "checkpoints-path-is-a-file": (f"{PRUNE} --output {{tmp}}/ck",
+                                   "the checkpoints folder {tmp}/ck.checkpoints is a file"),
+    "checkpoints-folder-not-obert": (f"{PRUNE} --output {{tmp}}/ck2 --overwrite",
+                                     "{tmp}/ck2.checkpoints was not written by obert"),
+    "export-overwrite-not-onnx": ("export --model {ft} --output {tmp}/ok.csv --overwrite",
+                                  "--output {tmp}/ok.csv was not written by obert"),
+    "export-overwrite-input": ("export --model {ft} --task sst2 --validation-file {tmp}/ok.csv "
+                               "--output {tmp}/ok.csv --overwrite", "is an input of this run"),
     # -- numbers that are not finite, models checked against each other (issue 24) -------------
     # @@ nan-and-models
+    "nan-weights-finetune": ("finetune --model {tmp}/nan --task sst2 --data-dir {glue} "
+                             "--max-train-samples 16 --output {out}", NAN_IN_QUERY),
+    "nan-weights-oneshot": ("oneshot --model {tmp}/nan --task sst2 --data-dir {glue} "
+                            "--sparsity 0.5 --output {out}", NAN_IN_QUERY),
+    "nan-weights-evaluate": ("evaluate --model {tmp}/nan --task sst2 --data-dir {glue}",
+                             NAN_IN_QUERY),
+    "nan-weights-export": ("export --model {tmp}/nan --output {out}", NAN_IN_QUERY),
+    "nan-weights-bench": ("bench --model {tmp}/nan --repeats 1", NAN_IN_QUERY),
+    "inf-weights-evaluate": ("evaluate --model {tmp}/inf --task sst2 --data-dir {glue}",
+                             "model {tmp}/inf has 1 non-finite value"),
+    "inf-weights-teacher": (f"{PRUNE} --teacher {{tmp}}/inf --output {{out}}",
+                            "model {tmp}/inf has 1 non-finite value"),
+    "teacher-other-vocab": (f"{PRUNE} --teacher {{tmp}}/vocab-sst2 --output {{out}}",
+                            "has a vocabulary of 1,000 tokens and the student"),
+    "teacher-other-task": (f"{PRUNE} --teacher {{tmp}}/mnli3 --output {{out}}",
+                           "the teacher {tmp}/mnli3 was fine-tuned on mnli"),
+    "evaluate-other-task-head": ("evaluate --model {tmp}/rte --task sst2 --data-dir {glue}",
+                                 "was fine-tuned on rte (its config's finetuning_task), not sst2"),
+    "evaluate-3-label-head": ("evaluate --model {tmp}/labels3 --task sst2 --data-dir {glue}",
+                              "has a 3-label head, but sst2 has 2 labels"),
+    "export-other-task-head": ("export --model {tmp}/mnli3 --output {out} --task sst2 "
+                               "--data-dir {glue}", "was fine-tuned on mnli"),
+    "bench-other-task-head": ("bench --model {tmp}/rte --task sst2 --data-dir {glue} "
+                              "--repeats 1", "was fine-tuned on rte"),
+    "bench-roberta-seq-len": ("bench --model {tmp}/roberta --seq-len 513 --repeats 1",
+                              "--seq-len 513 exceeds the 512 positions of this roberta"),
+    "gpt2-finetune": ("finetune --model {tmp}/gpt2 --task sst2 --data-dir {glue} --output {out}",
+                      "is a decoder-only gpt2 model"),
+    "gpt2-oneshot": ("oneshot --model {tmp}/gpt2 --task sst2 --data-dir {glue} --sparsity 0.5 "
+                     "--output {out}", "is a decoder-only gpt2 model"),
+    "gpt2-evaluate": ("evaluate --model {tmp}/gpt2 --task sst2 --data-dir {glue}",
+                      "is a decoder-only gpt2 model"),
+    "gpt2-export": ("export --model {tmp}/gpt2 --output {out}", "is a decoder-only gpt2 model"),
+    "gpt2-bench": ("bench --model {tmp}/gpt2 --repeats 1", "is a decoder-only gpt2 model"),
+    "seed-2-to-the-32": ("finetune --model {model} --task sst2 --seed 4294967296 --output {out}",
+                         "--seed: 4294967296 must be below 4294967296"),
+    "seed-negative": ("finetune --model {model} --task sst2 --seed -1 --output {out}",
+                      "--seed: -1 must be ≥ 0"),
+    "fisher-block-size-huge": (f"{ONESHOT} --fisher-block-size 200000 --output {{out}}",
+                               "--fisher-block-size 200000 is larger than the largest target"),
+    "damp-tiny": (f"{ONESHOT} --damp 1e-300 --output {{out}}", "--damp 1e-300 is below 1e-12"),
+    # a hub id with no network (or HF_HUB_OFFLINE): one line from every command, in seconds
+    "hub-id-evaluate": ("evaluate --model no-org/no-model --task sst2 --data-dir {glue}",
+                        NO_HUB_MODEL),
+    "hub-id-oneshot": ("oneshot --model no-org/no-model --task sst2 --data-dir {glue} "
+                       "--sparsity 0.5 --output {out}", NO_HUB_MODEL),
+    "hub-id-teacher": (f"{PRUNE} --teacher no-org/no-model --output {{out}}", NO_HUB_MODEL),
+    "hub-id-export": ("export --model no-org/no-model --output {out}", NO_HUB_MODEL),
+    "hub-id-bench": ("bench --model no-org/no-model --repeats 1", NO_HUB_MODEL),
+    "hub-id-serve": ("serve --model no-org/no-model --port 0", NO_HUB_MODEL),
+    "hub-id-drop-layers": ("drop-layers --model no-org/no-model --layers 1 --output {out}",
+                           NO_HUB_MODEL),
+    "hub-dataset-mlm": (f"{MLM} --dataset no-org/no-data --output {{out}}",
+                        "cannot load the hub dataset 'no-org/no-data'"),
+    "hub-dataset-mlm-streaming": (f"{MLM} --dataset no-org/no-data --streaming "
+                                  "--max-train-samples 8 --output {out}",
+                                  "the hub dataset 'no-org/no-data'"),
     # -- rows: one typed schema per input format (issue 24) -----------------------------------
     # @@ row-schemas
+    "glue-jsonl-text-null": (f"{GLUE_TRAIN} {{tmp}}/glue-null.jsonl --output {{out}}",
+                             "glue-null.jsonl, line 2: sentence is missing"),
+    "glue-jsonl-text-number": (f"{GLUE_TRAIN} {{tmp}}/glue-number.jsonl --output {{out}}",
+                               "glue-number.jsonl, line 2: sentence is a number (5), not text"),
+    "glue-jsonl-text-list": (f"{GLUE_TRAIN} {{tmp}}/glue-list.jsonl --output {{out}}",
+                             "glue-list.jsonl, line 2: sentence is a list (['dull', 'film']), "
+                             "not text"),
+    "glue-jsonl-text-absent": (f"{GLUE_TRAIN} {{tmp}}/glue-absent.jsonl --output {{out}}",
+                               "glue-absent.jsonl, line 3: sentence is missing"),
+    "glue-jsonl-not-utf8": (f"{GLUE_TRAIN} {{tmp}}/glue-latin1.jsonl --output {{out}}",
+                            "glue-latin1.jsonl, line 2: the file is not UTF-8 text"),
+    "glue-tsv-text-blank": (f"{GLUE_TRAIN} {{tmp}}/glue-blank.tsv --output {{out}}",
+                            "glue-blank.tsv, line 3: sentence is blank"),
+    "glue-parquet-text-number": (f"{GLUE_TRAIN} {{tmp}}/glue-number.parquet --output {{out}}",
+                                 "glue-number.parquet, row 1: sentence is a number (5), not text"),
+    "glue-csv-label-word": (f"{GLUE_TRAIN} {{tmp}}/glue-label-word.csv --output {{out}}",
+                            "glue-label-word.csv, line 3: label is text ('positive'), not a "
+                            "whole number"),
+    "glue-validation-file-label-5": (f"{GLUE_TRAIN} {{tmp}}/ok.csv --validation-file "
+                                     "{tmp}/label5.csv --output {out}",
+                                     "label5.csv, line 3: label 5 is not one of 0, 1"),
+    "stsb-score-over-5-train": (f"{STSB} --train-file {{tmp}}/stsb-high.jsonl --output {{out}}",
+                                "stsb-high.jsonl, line 2: label 5.5 is outside 0..5"),
+    "stsb-score-negative-train": (f"{STSB} --train-file {{tmp}}/stsb-negative.csv --output "
+                                  "{out}", "stsb-negative.csv, line 3: label -1 is outside 0..5"),
+    "stsb-score-over-5-validation": (f"{STSB} --train-file {{tmp}}/stsb-ok.jsonl "
+                                     "--validation-file {tmp}/stsb-high.jsonl --output {out}",
+                                     "stsb-high.jsonl, line 2: label 5.5 is outside 0..5"),
+    "stsb-score-negative-validation": ("evaluate --model {ft} --task stsb --validation-file "
+                                       "{tmp}/stsb-negative.csv",
+                                       "stsb-negative.csv, line 3: label -1 is outside 0..5"),
+    "squad-question-null": (f"{SQUAD_TRAIN} {{tmp}}/sq-question-null.json --output {{out}}",
+                            "sq-question-null.json, line 21, article 1, paragraph 1, question 2 "
+                            "(id 'q1'): question is missing"),
+    "squad-context-number": (f"{SQUAD_TRAIN} {{tmp}}/sq-context-number.json --output {{out}}",
+                             "sq-context-number.json, line 8, article 1, paragraph 1: context "
+                             "is a number (5), not text"),
+    "squad-answer-start-text": (f"{SQUAD_TRAIN} {{tmp}}/sq-start-text.json --output {{out}}",
+                                "sq-start-text.json, line 21, article 1, paragraph 1, question 2 "
+                                "(id 'q1'): answers[0].answer_start is text ('13'), not a whole "
+                                "number"),
+    "squad-answer-start-negative": (f"{SQUAD_TRAIN} {{tmp}}/sq-start-negative.json --output "
+                                    "{out}", "sq-start-negative.json, line 21, article 1, "
+                                    "paragraph 1, question 2 (id 'q1'): answers[0].answer_start "
+                                    "-1 must be ≥ 0"),
+    "squad-answer-start-past-context": (f"{SQUAD_TRAIN} {{tmp}}/sq-start-past.json --output "
+                                        "{out}", "sq-start-past.json, line 21, article 1, "
+                                        "paragraph 1, question 2 (id 'q1'): answers[0]."
+                                        "answer_start 40 is past the end of the context (18 "
+                                        "characters)"),
+    "squad-answer-not-at-start": (f"{SQUAD_TRAIN} {{tmp}}/sq-wrong-text.json --output {{out}}",
+                                  "sq-wrong-text.json, line 21, article 1, paragraph 1, question "
+                                  "2 (id 'q1'): answers[0].text 'fine' is not at answer_start 4: "
+                                  "the context there reads 'film'"),
+    "squad-duplicate-id-validation": ("finetune --model {model} --task squad --train-file "
+                                      "{tmp}/ok-squad.json --validation-file "
+                                      "{tmp}/sq-duplicate-id.json --max-seq-length 128 "
+                                      "--doc-stride 32 --output {out}",
+                                      "sq-duplicate-id.json, line 21, article 1, paragraph 1, "
+                                      "question 2 (id 'q0'): id 'q0' is the id of an earlier "
+                                      "question too (line 11,"),
+    "winogrande-option-number": ("finetune --model {model} --task winogrande --train-file "
+                                 "{tmp}/wg-option-number.jsonl --output {out}",
+                                 "wg-option-number.jsonl, line 1: option1 is a number (5), not "
+                                 "text"),
+    "winogrande-answer-3": ("finetune --model {model} --task winogrande --train-file "
+                            "{tmp}/wg-answer-3.jsonl --output {out}",
+                            "wg-answer-3.jsonl, line 1: answer '3' is not 1 or 2"),
+    "csqa-stem-number": ("finetune --model {model} --task commonsense_qa --train-file "
+                         "{tmp}/csqa-stem-number.jsonl --output {out}",
+                         "csqa-stem-number.jsonl, line 1: question.stem is a number (5), not "
+                         "text"),
+    "csqa-choice-text-null": ("finetune --model {model} --task commonsense_qa --train-file "
+                              "{tmp}/csqa-choice-null.jsonl --output {out}",
+                              "csqa-choice-null.jsonl, line 1: question.choices[1].text is "
+                              "missing"),
+    "mc-choices-text": (f"{MC} {{tmp}}/mc-choices-text.jsonl",
+                        "mc-choices-text.jsonl, line 1: choices is text ('a b'), not a list"),
+    "mc-choice-number": (f"{MC} {{tmp}}/mc-choice-number.jsonl",
+                         "mc-choice-number.jsonl, line 1: choices[1] is a number (3), not text"),
+    "mc-validation-file-unanswered": (f"{MC} {{tmp}}/mc-ok.jsonl --validation-file "
+                                      "{tmp}/mc-unanswered.jsonl",
+                                      "mc-unanswered.jsonl, line 2: label is missing"),
+    "mlm-jsonl-text-number": (f"{MLM} --train-file {{tmp}}/mlm-number.jsonl --output {{out}}",
+                              "mlm-number.jsonl, line 1: text is a number (5), not text"),
+    "mlm-validation-file-without-text": (f"{MLM} --train-file {{tmp}}/ok.txt --validation-file "
+                                         "{tmp}/no-text.jsonl --output {out}",
+                                         "no-text.jsonl, line 1: text is missing"),
     # -- recipes and settings that would be ignored (issue 24) ---------------------------------
     # @@ recipes-and-settings
+    "recipe-duplicate-key": (PRUNE.replace("ok.yaml", "dup.yaml") + " --output {out}",
+                             "key 'epochs' is given twice on lines 1 and 6: keep one"),
+    "recipe-unknown-key-typo": (PRUNE.replace("ok.yaml", "typo.yaml") + " --output {out}",
+                                "recipe key distilation is unknown: did you mean distillation?"),
+    "recipe-teacher-and-flag": (PRUNE.replace("ok.yaml", "teacher.yaml") + " --teacher "
+                                "{ft} --output {out}", "the teacher is given twice"),
+    "recipe-fisher-block-zero": (PRUNE.replace("ok.yaml", "block0.yaml") + " --output "
+                                 "{out}", "pruning.fisher.block_size = 0 must be a positive"),
+    "recipe-include-typo": (PRUNE.replace("ok.yaml", "include-typo.yaml") + " --output "
+                            "{out}", "include pattern 'clasifier' (--include, recipe "
+                            "targets.include) matches no Linear"),
+    "oneshot-include-typo": (f"{ONESHOT} --include clasifier --output {{out}}",
+                             "include pattern 'clasifier'"),
+    "oneshot-exclude-typo": (f"{ONESHOT} --exclude qurey --output {{out}}",
+                             "exclude pattern 'qurey'"),
+    "prune-fisher-memory-magnitude": (f"{PRUNE} --max-fisher-memory 1 --output {{out}}",
+                                      "--max-fisher-memory is not used"),
+    "prune-teacher-without-kd": (PRUNE.replace("ok.yaml", "no-kd.yaml") + " --teacher "
+                                 "{ft} --output {out}", "--teacher is not used"),
+    "streaming-with-train-file": (f"{MLM} --train-file {{tmp}}/ok.txt --dataset wikitext "
+                                  "--streaming --max-train-samples 4 --output {out}",
+                                  "--streaming streams a hub --dataset, but --train-file"),
+    "mlm-data-dir": (f"{MLM} --data-dir {{tmp}} --output {{out}}", "--task mlm reads no --data-dir"),
+    "mlm-dataset-config-without-dataset": (f"{MLM} --train-file {{tmp}}/ok.txt --dataset-config "
+                                           "en --output {out}",
+                                           "--dataset-config is the config of a hub --dataset"),
+    "dataset-config-on-sst2": ("finetune --model {model} --task sst2 --data-dir {glue} "
+                               "--dataset-config winogrande_l --output {out}",
+                               "--dataset-config is for winogrande (its size) and mlm"),
+    "evaluate-train-file-on-dev": ("evaluate --model {ft} --task sst2 --train-file {tmp}/ok.csv "
+                                   "--validation-file {tmp}/ok.csv",
+                                   "--train-file is read by --split train only"),
+    "export-data-dir-without-task": ("export --model {ft} --output {out} --data-dir {glue}",
+                                     "--data-dir is read only with --task"),
+    "bench-validation-file-without-task": ("bench --model {ft} --validation-file {tmp}/ok.csv "
+                                           "--repeats 1", "--validation-file is read only with "
+                                           "--task"),
+    "oneshot-magnitude-dataset": (f"{ONESHOT} --method magnitude --dataset wikitext --output "
+                                  "{out}", "--dataset and --streaming are for --task mlm"),
+    "oneshot-magnitude-fisher-flags": (f"{ONESHOT} --method magnitude --num-grads 64 --damp 1e-6 "
+                                       "--output {out}", "--num-grads, --damp are not used: "
+                                       "--method magnitude computes no Fisher"),
+    "split-articles-on-sst2": (f"{ONESHOT} --method magnitude --split-articles 2 --output {{out}}",
+                               "--split-articles is for --task squad only, not sst2"),
+    "export-int8-foreign-scales": ("export --model {tmp}/foreign-scales --output {out} --int8",
+                                   "quantization.safetensors names none of the model's INT8 "
+                                   "Linears (1 scales, first: nope"),
 }
 
 OK_RECIPE = """epochs: 1
@@ -352,9 +618,125 @@ def _files(tmp: Path, model: Path) -> None:
             (broken / f.name).write_bytes(f.read_bytes())
     (broken / "config.json").write_text('{"model_type": "bert", ')
     # @@ files-outputs-and-fs
+    from obert.io import mark_output
+
+    for name in ("teacher", "held"):  # obert's outputs (marked) that are this run's inputs
+        (tmp / name).mkdir(exist_ok=True)
+        mark_output(tmp / name, "finetune")
+    (tmp / "held" / "ok.csv").write_text("sentence,label\nfine film,1\ndull film,0\n")
+    (tmp / "held" / "ok.yaml").write_text(OK_RECIPE)
+    (tmp / "user-folder").mkdir(exist_ok=True)
+    (tmp / "user-folder" / "notes.txt").write_text("the user's, not obert's")
+    for link, target in (("dangling", "nowhere"), ("link-to-empty", "empty")):
+        if not (tmp / link).is_symlink():
+            (tmp / link).symlink_to(tmp / target)
+    (tmp / "ck.checkpoints").write_text("a file where prune keeps its checkpoints")
+    (tmp / "ck2.checkpoints").mkdir(exist_ok=True)
+    (tmp / "ck2.checkpoints" / "notes.txt").write_text("the user's")
     # @@ files-nan-and-models
+    # Tiny models that must be refused, from the tiny BERT's files: the vocabulary cut to 1,000
+    # rows keeps each copy ~150 KB (each is refused before a token is embedded).
+    import safetensors.torch as st
+
+    base_weights = st.load_file(model / "model.safetensors")
+    base_weights["bert.embeddings.word_embeddings.weight"] = \
+        base_weights["bert.embeddings.word_embeddings.weight"][:1000].clone()
+    base_config = {**json.loads((model / "config.json").read_text()), "vocab_size": 1000}
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+
+    def variant(name: str, config: dict, change=None) -> None:
+        folder = tmp / name
+        folder.mkdir(exist_ok=True)
+        for f in model.iterdir():
+            if f.is_file() and f.name not in ("model.safetensors", "config.json"):
+                (folder / f.name).write_bytes(f.read_bytes())
+        weights = {k: v.clone() for k, v in base_weights.items()}
+        if change is not None:
+            change(weights)
+        st.save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps({**base_config, **config}))
+
+    variant("nan", {}, lambda w: w[query].view(-1)[5].fill_(float("nan")))
+    variant("inf", {}, lambda w: w[query].view(-1)[5].fill_(float("-inf")))
+    variant("vocab-sst2", {"finetuning_task": "sst2"})
+    variant("rte", {"finetuning_task": "rte"})
+
+    def three_labels(w: dict) -> None:
+        for k in ("classifier.weight", "classifier.bias"):
+            w[k] = w[k][[0, 1, 0]].clone()
+
+    labels3 = {"id2label": {"0": "a", "1": "b", "2": "c"}, "label2id": {"a": 0, "b": 1, "c": 2}}
+    variant("labels3", labels3, three_labels)
+    variant("mnli3", {**labels3, "finetuning_task": "mnli"}, three_labels)
+    (tmp / "roberta").mkdir(exist_ok=True)  # its config is all bench reads before refusing
+    (tmp / "roberta" / "config.json").write_text(json.dumps(
+        {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1,
+         "architectures": ["RobertaForSequenceClassification"]}))
     # @@ files-row-schemas
+    ok_row = '{"sentence": "fine film", "label": 1}\n'
+    for name, row in (("null", "null"), ("number", "5"), ("list", '["dull", "film"]')):
+        (tmp / f"glue-{name}.jsonl").write_text(ok_row + f'{{"sentence": {row}, "label": 0}}\n')
+    (tmp / "glue-absent.jsonl").write_text(ok_row + "\n" + '{"label": 0}\n')
+    (tmp / "glue-latin1.jsonl").write_bytes(ok_row.encode() + '{"sentence": "caf\xe9", '
+                                            '"label": 1}\n'.encode("latin-1"))
+    (tmp / "glue-blank.tsv").write_text("sentence\tlabel\nfine film\t1\n  \t0\n")
+    (tmp / "glue-label-word.csv").write_text("sentence,label\nfine film,1\ndull film,positive\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"sentence": [5], "label": [1]}), tmp / "glue-number.parquet")
+    sts = '{{"sentence1": "a man sings", "sentence2": "a man is singing", "label": {}}}\n'
+    (tmp / "stsb-ok.jsonl").write_text(sts.format(4.5) + sts.format(0))
+    (tmp / "stsb-high.jsonl").write_text(sts.format(3.2) + sts.format(5.5))
+    (tmp / "stsb-negative.csv").write_text("sentence1,sentence2,label\na man,a man,4.5\n"
+                                           "a cat,a dog,-1\n")
+
+    def squad(context="The film was fine.", question="How was the film?", start=13,
+              text="fine", qid="q1") -> str:  # two questions; the second one's id: line 21
+        qas = [{"id": "q0", "question": "What was fine?",
+                "answers": [{"text": "The film", "answer_start": 0}]},
+               {"id": qid, "question": question,
+                "answers": [{"text": text, "answer_start": start}]}]
+        return json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
+            {"context": context, "qas": qas}]}]}, indent=1)
+
+    for name, change in (("question-null", {"question": None}), ("context-number", {"context": 5}),
+                         ("start-text", {"start": "13"}), ("start-negative", {"start": -1}),
+                         ("start-past", {"start": 40}), ("wrong-text", {"start": 4}),
+                         ("duplicate-id", {"qid": "q0"})):
+        (tmp / f"sq-{name}.json").write_text(squad(**change))
+    (tmp / "wg-option-number.jsonl").write_text(
+        '{"sentence": "I saw _.", "option1": 5, "option2": "b", "answer": "1"}\n')
+    (tmp / "wg-answer-3.jsonl").write_text(
+        '{"sentence": "I saw _.", "option1": "a", "option2": "b", "answer": "3"}\n')
+    csqa = ('{"answerKey": "A", "question": {"stem": %s, "choices": [{"label": "A", "text": '
+            '"x"}, {"label": "B", "text": %s}]}}\n')
+    (tmp / "csqa-ok.jsonl").write_text(csqa % ('"q"', '"y"'))
+    (tmp / "csqa-stem-number.jsonl").write_text(csqa % ("5", '"y"'))
+    (tmp / "csqa-choice-null.jsonl").write_text(csqa % ('"q"', "null"))
+    (tmp / "mc-choices-text.jsonl").write_text('{"question": "q", "choices": "a b", "label": 0}\n')
+    (tmp / "mc-choice-number.jsonl").write_text(
+        '{"question": "q", "choices": ["a", 3], "label": 0}\n')
+    (tmp / "mlm-number.jsonl").write_text('{"text": 5}\n')
     # @@ files-recipes-and-settings
+    (tmp / "dup.yaml").write_text(OK_RECIPE + "epochs: 2\n")  # OK_RECIPE has 5 lines
+    (tmp / "typo.yaml").write_text(OK_RECIPE + "distilation: {hardness: 1.0}\n")
+    (tmp / "teacher.yaml").write_text(OK_RECIPE + "distillation: {teacher: some/teacher}\n")
+    (tmp / "no-kd.yaml").write_text(OK_RECIPE + "distillation: {hardness: 0.0}\n")
+    (tmp / "include-typo.yaml").write_text(OK_RECIPE + "targets: {include: [clasifier]}\n")
+    (tmp / "block0.yaml").write_text(OK_RECIPE.replace("magnitude", "obert").replace(
+        "update_frequency: 1}", "update_frequency: 1, fisher: {block_size: 0}}"))
+    foreign = tmp / "foreign-scales"  # the model's files, beside another model's QAT scales
+    foreign.mkdir(exist_ok=True)
+    for f in model.iterdir():
+        if f.is_file() and f.stat().st_size >= 1 << 20:
+            (foreign / f.name).symlink_to(f)  # the weights: read, never written
+        elif f.is_file():
+            (foreign / f.name).write_bytes(f.read_bytes())
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"nope.weight_scale": torch.ones(4)}, str(foreign / "quantization.safetensors"))
 
 
 def _argv(template: str, fields: dict) -> list[str]:

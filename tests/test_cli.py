@@ -262,6 +262,11 @@ def test_existing_output_needs_overwrite(tiny_model_dir: Path, tmp_path: Path,
     _assert_one_error_line(capsys.readouterr().err, "--overwrite")
     assert sorted(os.listdir(out)) == ["keep.txt"]
     assert leftovers(tmp_path, out.name) == []
+    # --overwrite replaces only a folder obert wrote (or an empty one): keep.txt is the user's
+    assert main([*argv, "--overwrite"]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "was not written by obert")
+    assert sorted(os.listdir(out)) == ["keep.txt"]
+    (out / "keep.txt").unlink()
 
     # A temporary folder left by a killed run (its process is gone) is swept, with a line.
     stale = tmp_path / ".pruned.tmp-999999999-abcd"

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from obert.cli import main
+from obert.io import mark_output
 from obert.training.distill import distill_loss, kd_loss
 from obert.training.gradual import COMPLETE_FILE, MASKS_FILE, STATE_FILE, MaskedPruning
 from obert.training.schedule import lr_at
@@ -190,6 +191,7 @@ def test_a_failed_start_leaves_no_resume_loop(tmp_path, tiny_model_dir, glue_dir
     recipe = _recipe(tmp_path)
     stale = tmp_path / "out.checkpoints"
     stale.mkdir()
+    mark_output(stale, "prune")  # as the run that made it did
     (stale / "run.json").write_text("{}")
     capsys.readouterr()
     assert _prune(recipe, tiny_model_dir, glue_dir, tmp_path / "out") == 0

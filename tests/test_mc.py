@@ -12,7 +12,8 @@ import torch
 
 from obert.cli import main
 from obert.data.glue import load_split
-from obert.data.mc import ChoiceCollator, encode_choices, rows_to_dataset
+from obert.data.mc import ChoiceCollator, encode_choices
+from obert.data.schema.choice import mc_dataset
 from obert.data.tasks import get_task
 from obert.errors import ObertError
 
@@ -72,7 +73,7 @@ def test_winogrande_jsonl_equals_parquet_and_is_cut_at_the_blank(shared_data):
     with pytest.raises(ObertError, match="no train data for winogrande"):
         load_split(WG, "train", shared_data, config="winogrande_xs")
     # "_'s" keeps its apostrophe: the option is glued to the rest of the sentence
-    row = rows_to_dataset([("line 1", {"sentence": "I took _'s car.", "option1": "Ann",
+    row = mc_dataset([("line 1", {"sentence": "I took _'s car.", "option1": "Ann",
                                        "option2": "Bob", "answer": "1"})], WG, "x")[0]
     assert row["stem"] == "I took" and row["choices"] == ["Ann's car.", "Bob's car."]
 
@@ -110,7 +111,7 @@ def test_generic_forms_read_alike(tmp_path):
     ("multiple_choice", {"question": "q", "choices": ["a", " "], "label": 0}, "choice 1 is empty"),
     ("multiple_choice", {"question": "q", "choices": ["a"], "label": 0}, "needs ≥ 2"),
     ("multiple_choice", {"question": "q", "label": 0}, "no choices"),
-    ("multiple_choice", {"question": 3, "choices": ["a", "b"], "label": 0}, "question is a int"),
+    ("multiple_choice", {"question": 3, "choices": ["a", "b"], "label": 0}, "question is a number (3), not text"),
     ("winogrande", {"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"},
      "0 blanks"),
     ("winogrande", {"sentence": "_ and _", "option1": "a", "option2": "b", "answer": "1"},
@@ -128,7 +129,7 @@ def test_bad_rows_name_their_line(task, record, message):
             "commonsense_qa": {"question": {"stem": "q", "choices": [
                 {"label": "A", "text": "x"}, {"label": "B", "text": "y"}]}, "answerKey": "A"}}
     with pytest.raises(ObertError, match="f.jsonl, line 7: ") as e:
-        rows_to_dataset([("line 3", good[task]), ("line 7", record)], get_task(task), "f.jsonl")
+        mc_dataset([("line 3", good[task]), ("line 7", record)], get_task(task), "f.jsonl")
     assert message in str(e.value)
 
 
@@ -136,14 +137,14 @@ def test_choice_count_must_match_the_first_row():
     recs = [("line 1", {"question": "q", "choices": ["a", "b", "c"], "label": 0}),
             ("line 2", {"question": "q", "choices": ["a", "b"], "label": 0})]
     with pytest.raises(ObertError, match="line 2: it has 2 choices where the first row has 3"):
-        rows_to_dataset(recs, GENERIC, "f.jsonl")
+        mc_dataset(recs, GENERIC, "f.jsonl")
 
 
 # --- tokens -------------------------------------------------------------------------------
 
 
 def test_encoding_cuts_the_stem_never_the_choice(tokenizer):
-    ds = rows_to_dataset([("line 4", {"question": "word " * 40, "choices": ["the red apple",
+    ds = mc_dataset([("line 4", {"question": "word " * 40, "choices": ["the red apple",
                                                                              "a blue car"],
                                       "label": 1})], GENERIC, "f")
     enc = encode_choices(ds, tokenizer, 16)
@@ -152,14 +153,14 @@ def test_encoding_cuts_the_stem_never_the_choice(tokenizer):
         tail = tokenizer(choice, add_special_tokens=False)["input_ids"]
         assert ids[-len(tail) - 1:-1] == tail and ids[-1] == tokenizer.sep_token_id
     assert enc[0]["labels"] == 1
-    long = rows_to_dataset([("line 9", {"question": "q", "choices": ["x " * 30, "y"],
+    long = mc_dataset([("line 9", {"question": "q", "choices": ["x " * 30, "y"],
                                         "label": 0})], GENERIC, "f")
     with pytest.raises(ObertError, match="line 9: the choice .* leaves no room for the stem"):
         encode_choices(long, tokenizer, 16)
 
 
 def test_collator_pads_every_choice_to_the_longest(tokenizer):
-    ds = rows_to_dataset([("line 1", {"question": "a b c d e f", "choices": ["x", "y z"],
+    ds = mc_dataset([("line 1", {"question": "a b c d e f", "choices": ["x", "y z"],
                                       "label": 1}),
                           ("line 2", {"question": "q", "choices": ["x", "y"], "label": 0})],
                          GENERIC, "f")

@@ -33,6 +33,9 @@ class _Parser(argparse.ArgumentParser):
 # before anything is loaded.
 def _number(kind: type, low: float | None = None, high: float | None = None,
             low_open: bool = False, what: str = ""):
+    def show(bound: float) -> str:  # 4294967296, not 4.29497e+09, for an integer's bound
+        return str(bound) if kind is int else f"{bound:g}"
+
     def parse(text: str):
         try:
             v = kind(text)
@@ -41,9 +44,9 @@ def _number(kind: type, low: float | None = None, high: float | None = None,
         if kind is float and v != v or v in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if low is not None and (v <= low if low_open else v < low):
-            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '≥'} {low:g}{what}")
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '≥'} {show(low)}{what}")
         if high is not None and v >= high:
-            raise argparse.ArgumentTypeError(f"{text} must be below {high:g}{what}")
+            raise argparse.ArgumentTypeError(f"{text} must be below {show(high)}{what}")
         return v
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
@@ -51,7 +54,7 @@ def _number(kind: type, low: float | None = None, high: float | None = None,
 
 COUNT = _number(int, 1)  # a count of steps, rows, gradients, ...
 POSITIVE = _number(float, 0, low_open=True)
-SEED = _number(int, 0)
+SEED = _number(int, 0, 2**32, what=": seeds are 32-bit (numpy's and torch's data order)")
 SPARSITY = _number(float, 0, 1, what=": use e.g. 0.8 for 80%")
 SEQ_LEN = _number(int, 8)
 
@@ -138,11 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", default="unstructured", help="unstructured or block4")
     p.add_argument("--fisher-block-size", type=COUNT,
                    help="Fisher block size B (default: the paper's, 50 unstructured, 32 block4)")
-    p.add_argument("--num-grads", type=COUNT, default=1024, help="m gradients for the Fisher")
-    p.add_argument("--damp", type=POSITIVE, default=1e-7, help="λ, the Fisher dampening")
+    # The Fisher's flags default to None so that --method magnitude can refuse them (unused).
+    p.add_argument("--num-grads", type=COUNT,
+                   help="m gradients for the Fisher (default: 1024)")
+    p.add_argument("--damp", type=POSITIVE, help="λ, the Fisher dampening (default: 1e-7)")
     p.add_argument("--grad-batch-size", type=COUNT,
                    help="rows per Fisher gradient (default: 16 for GLUE, 8 for squad)")
-    p.add_argument("--recomputations", type=COUNT, default=1, help="r Fisher re-estimates")
+    p.add_argument("--recomputations", type=COUNT, help="r Fisher re-estimates (default: 1)")
     p.add_argument("--scope", default="global", help="global or layer")
     p.add_argument("--max-fisher-memory", type=POSITIVE, metavar="GB",
                    help="refuse a Fisher over this many GB per rank (default: no limit)")
@@ -193,17 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
     _output_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("recipe", help="print a gradual-pruning recipe scaled to a target sparsity")
+    # Defaults of None are resolved by recipe_table.spec_from_flags (they depend on --schedule).
+    p = sub.add_parser("recipe", help="print a recipe: any cell of the bundled recipes' table "
+                       "(obert recipe --list), or one scaled to a target sparsity")
+    p.add_argument("--schedule", default="scaled", help="scaled (the sparsity-scaled rule), "
+                   "paper (the oBERT paper's, in proportion to --epochs), smc-bench (SMC-Bench's "
+                   "GMP setup) or transfer (sparse transfer: no pruning, zeros kept)")
     p.add_argument("--target-sparsity", type=SPARSITY, help="e.g. 0.9")
-    p.add_argument("--epochs", type=POSITIVE, help="training epochs in all")
-    p.add_argument("--method", default="obert", help="obert or magnitude (GMP*)")
-    p.add_argument("--mask", default="unstructured", help="unstructured or block4")
-    p.add_argument("--task", default="glue", help="glue, squad or mc (multiple choice), or a "
-                   "task name: sets batch, tokens per row and the KD temperature")
-    p.add_argument("--first-step", type=_number(float, 0, 1, low_open=True), default=0.7,
-                   help="sparsity of the first pruning step (0.3: the paper's init30 variant "
-                   "for 6- and 3-layer models)")
-    p.add_argument("--list", action="store_true", help="list the bundled recipes")
+    p.add_argument("--epochs", type=POSITIVE, help="training epochs in all, before any QAT")
+    p.add_argument("--method", help="obert, or gmp / magnitude (GMP*) (default: obert; gmp for "
+                   "smc-bench)")
+    p.add_argument("--mask", help="unstructured (default) or block4")
+    p.add_argument("--task", default="glue", help="glue, squad, mc (multiple choice) or mlm "
+                   "(upstream), or a task name: sets batch, tokens per row, KD and LR")
+    p.add_argument("--first-step", type=_number(float, 0, 1, low_open=True),
+                   help="sparsity of the first pruning step (default: 0.7; with --layers 0.3, "
+                   "the paper's init30 for 6- and 3-layer models)")
+    p.add_argument("--layers", type=COUNT, metavar="N", help="drop BERT-base's 12 layers to N "
+                   "before training (6 keeps 0 2 4 6 8 11; 3 keeps 0 6 11)")
+    p.add_argument("--qat", action="store_true", help="then 2 epochs of INT8 QAT, masks fixed, "
+                   "LR linear 2e-5 -> 0")
+    p.add_argument("--list", action="store_true", help="the bundled recipes' table: settings, "
+                   "source and the paper's figure for each")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # prints no bars
 
     p = sub.add_parser("evaluate", help="score a model on a task split")
@@ -306,10 +322,91 @@ def build_parser() -> argparse.ArgumentParser:
 def _data(args):
     from obert.workflows import DataArgs
 
+    _check_data_flags(args)
     return DataArgs(args.task, args.data_dir, getattr(args, "train_file", None),
                     args.validation_file,
                     getattr(args, "max_train_samples", None), args.seed, args.doc_stride,
                     args.split_articles, args.dataset, args.dataset_config, args.streaming)
+
+
+def _check_data_flags(args) -> None:
+    """Data flags the task would ignore, refused before any work."""
+    from obert.data.tasks import get_task
+
+    task = get_task(args.task)
+    train_file = getattr(args, "train_file", None)
+    if task.is_mlm:
+        if args.data_dir:
+            raise ObertError("--task mlm reads no --data-dir: pass --train-file/--validation-file "
+                             "(text files) or --dataset NAME (a hub corpus)")
+        if args.streaming and train_file:
+            raise ObertError("--streaming streams a hub --dataset, but --train-file is read "
+                             "whole: drop --streaming (or --train-file)")
+        if args.streaming and not args.dataset:
+            raise ObertError("--streaming streams a hub --dataset: pass --dataset NAME or drop "
+                             "--streaming")
+        if args.dataset_config and not args.dataset:
+            raise ObertError("--dataset-config is the config of a hub --dataset: pass --dataset "
+                             "NAME or drop --dataset-config")
+        if args.dataset and train_file and args.validation_file:
+            raise ObertError("--dataset is not read: --train-file and --validation-file give "
+                             "both splits; drop --dataset or one of the files")
+    elif args.dataset is not None or args.streaming:  # else a run that reads no rows drops them
+        raise ObertError(f"--dataset and --streaming are for --task mlm; {task.name} reads "
+                         "--data-dir, --train-file/--validation-file or the hub")
+    elif args.dataset_config and task.name != "winogrande":
+        raise ObertError(f"--dataset-config is for winogrande (its size) and mlm (a --dataset's "
+                         f"config), not {task.name}: drop it")
+    if args.split_articles is not None and not task.is_qa:
+        raise ObertError(f"--split-articles is for --task squad only, not {task.name}: drop it")
+    if args.command == "evaluate" and train_file and args.split != "train":
+        raise ObertError(f"--train-file is read by --split train only, not --split {args.split}: "
+                         "drop it or pass --split train")
+
+
+def _needs_task(args) -> None:
+    """export and bench read --data-dir / --validation-file only for a --task."""
+    given = [f for f, v in (("--data-dir", args.data_dir),
+                            ("--validation-file", args.validation_file)) if v]
+    if given and not args.task:
+        raise ObertError(f"{given[0]} is read only with --task (the task of its rows): pass "
+                         f"--task or drop {given[0]}")
+
+
+def _check_recipe_flags(args, recipe) -> None:
+    """A flag of ``prune`` that the recipe also sets, or that it makes meaningless. Overrides by
+    design (the help says so): --max-seq-length, --max-fisher-memory (a machine's budget)."""
+    theirs = recipe.distillation.teacher
+    if args.teacher and theirs:
+        raise ObertError(f"the teacher is given twice: --teacher {args.teacher} and the recipe's "
+                         f"distillation.teacher {theirs}: drop one")
+    if args.teacher and recipe.distillation.hardness == 0:
+        raise ObertError("--teacher is not used: the recipe's distillation.hardness is 0 (no "
+                         "distillation); drop --teacher or raise the hardness")
+    pruning = recipe.pruning
+    if args.max_fisher_memory is not None and (pruning is None or not pruning.needs_grads):
+        why = "pruning: null" if pruning is None else f"pruning.method {pruning.method}"
+        raise ObertError(f"--max-fisher-memory is not used: the recipe's {why} computes no "
+                         "Fisher; drop it")
+
+
+_FISHER_FLAGS = ("num_grads", "damp", "grad_batch_size", "recomputations",
+                 "fisher_block_size", "max_fisher_memory")
+
+
+def _check_fisher_flags(args) -> None:
+    """``oneshot --method magnitude`` computes no Fisher: a Fisher flag beside it is a mistake."""
+    if args.method != "magnitude":
+        return
+    given = [f"--{f.replace('_', '-')}" for f in _FISHER_FLAGS if getattr(args, f) is not None]
+    if given:
+        raise ObertError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not used: "
+                         "--method magnitude computes no Fisher; drop "
+                         f"{'it' if len(given) == 1 else 'them'} or use --method obert")
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def _seq_len(args) -> int:
@@ -342,13 +439,15 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "oneshot":
         from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 
+        _check_fisher_flags(args)
         gbs = args.grad_batch_size
         fisher = FisherConfig(
-            num_grads=args.num_grads, block_size=args.fisher_block_size, damp=args.damp,
+            num_grads=_given(args.num_grads, 1024), block_size=args.fisher_block_size,
+            damp=_given(args.damp, 1e-7),
             grad_batch_size=get_task(args.task).grad_batch_size if gbs is None else gbs,
             max_memory_gb=args.max_fisher_memory)
         cfg = StepConfig(method=args.method, mask=args.mask, scope=args.scope,
-                         recomputations=args.recomputations, fisher=fisher)
+                         recomputations=_given(args.recomputations, 1), fisher=fisher)
         wf.run_oneshot(args.model, _data(args), cfg, args.sparsity, args.output,
                        TargetsConfig(args.include, args.exclude, args.prune_embeddings,
                                      args.prune_head), _seq_len(args),
@@ -357,6 +456,7 @@ def run(args: argparse.Namespace) -> int:
         from obert.training.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
+        _check_recipe_flags(args, recipe)
         if args.max_seq_length is not None:
             recipe.max_seq_length = _seq_len(args)
         if args.max_fisher_memory is not None and recipe.pruning is not None:
@@ -365,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
             teacher=args.teacher, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
             logging_steps=args.logging_steps, save_steps=args.save_steps,
             gradient_accumulation_steps=args.gradient_accumulation_steps, bf16=args.bf16,
-            fp16=args.fp16, keep_checkpoints=args.keep_checkpoints)
+            fp16=args.fp16, keep_checkpoints=args.keep_checkpoints, recipe_file=args.recipe)
         wf.run_prune(args.model, _data(args), recipe, args.output, run)
     elif args.command == "evaluate":
         result = wf.run_evaluate(args.model, _data(args), args.split, _seq_len(args),
@@ -380,6 +480,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from obert.workflows.export import run_export
 
+        _needs_task(args)
         wf.set_quiet(args.quiet)
         data = wf.DataArgs(args.task, args.data_dir, validation_file=args.validation_file) \
             if args.task else None
@@ -402,6 +503,7 @@ def run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from obert.runtime.bench import ENGINES
 
+    _needs_task(args)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     bad = [e for e in engines if e not in ENGINES]
     if bad or not engines:
@@ -410,13 +512,11 @@ def _bench(args: argparse.Namespace) -> int:
     from obert.workflows.common import set_quiet
 
     set_quiet(args.quiet)
-    from obert.models import is_multiple_choice
+    from obert.models import check_fits_task, check_seq_len, is_multiple_choice, load_config
     from obert.runtime.bench import format_table, run_bench
 
+    check_seq_len(load_config(args.model), args.seq_len, "--seq-len")  # before the weights
     model = load_for_inference(args.model)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and args.seq_len > max_pos:
-        raise ObertError(f"--seq-len {args.seq_len} exceeds the model's {max_pos} positions")
     choices = args.choices
     if is_multiple_choice(model):
         choices = choices or 5
@@ -424,6 +524,11 @@ def _bench(args: argparse.Namespace) -> int:
         raise ObertError(f"--choices is for multiple-choice models; {args.model} is a "
                          f"{type(model).__name__}")
     score = _bench_scorer(args, is_multiple_choice(model)) if args.task else None
+    if args.task:  # scored only with the task's own head, on rows that fit its positions
+        from obert.data.tasks import get_task
+
+        check_fits_task(model.config, args.model, get_task(args.task))
+        check_seq_len(model.config, _seq_len(args))
     report = run_bench(model, args.seq_len, args.batch_size, args.threads, args.warmup,
                        args.repeats, engines, quiet=args.quiet, score=score,
                        profile=args.profile, autotune=args.autotune, choices=choices)
@@ -504,22 +609,20 @@ def _bench_scorer(args: argparse.Namespace, multiple_choice: bool):
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from obert.training.recipe import bundled_recipes, scaled_recipe, task_family
+    from obert.training import recipe_table as rt
 
     if args.list:
-        for name, path in sorted(bundled_recipes().items()):
-            first = path.read_text().splitlines()[0].lstrip("# ")
-            print(f"{name:28s} {first}")
+        print("\n".join(rt.table_lines()))
         return 0
-    if args.target_sparsity is None or args.epochs is None:
-        raise ObertError("obert recipe needs --target-sparsity and --epochs (or --list)")
-    family = task_family(args.task)
-    recipe = scaled_recipe(args.target_sparsity, args.epochs, args.method, args.mask,
-                           args.first_step, family)
-    print(f"# obert recipe --target-sparsity {args.target_sparsity:g} --epochs {args.epochs:g} "
-          f"--method {args.method} --mask {args.mask} --task {family} "
-          f"--first-step {args.first_step:g}")
-    print(recipe.to_yaml(), end="")
+    spec = rt.spec_from_flags(args.schedule, args.task, args.epochs, args.target_sparsity,
+                              args.method, args.mask, args.first_step, args.layers, args.qat)
+    text = rt.build(spec).to_yaml()  # built (and checked) before anything is printed
+    row = rt.row_of(spec)
+    print("\n".join(rt.describe(spec, row)))
+    if row is not None:
+        print(f"# The bundled recipe {row.name} has these settings (obert prune --recipe "
+              f"{row.name}).")
+    print(text, end="")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from obert.data.tokenize import batches, encode
 from obert.errors import ObertError
-from obert.io import atomic_output, save_model
+from obert.io import atomic_output, check_output, mark_output, save_model
 from obert.models import load_classifier, load_tokenizer
 from obert.pruning.config import FisherConfig, StepConfig, TargetsConfig
 from obert.pruning.step import prune_each
@@ -18,7 +18,7 @@ from obert.sparsity import sparsity_report
 from obert.training.evaluate import evaluate
 from obert.training.finetune import FinetuneConfig, finetune
 from obert.workflows import DataArgs, log
-from obert.workflows.common import provenance, targets_or_none
+from obert.workflows.common import input_paths, provenance, targets_or_none
 from obert.workflows.oneshot import target_masks
 
 SPARSITIES = (0.5, 0.7, 0.8)
@@ -41,6 +41,8 @@ def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: in
     label = model_name or "MiniLM-L6 (all-MiniLM-L6-v2)"
     model_name = model_name or default_model()
     data = DataArgs("sst2", data_dir, max_train_samples=max_train_samples, seed=42)
+    inputs = input_paths(model_name, data)
+    check_output(output, True, inputs=inputs)  # it replaces only an output of its own
     task = data.spec
     train, dev = data.load("train"), data.load("dev")
     t_demo = time.time()
@@ -70,13 +72,14 @@ def run_demo(model_name: str | None, data_dir: str | None, max_train_samples: in
 
         prune_each(pruned, masks, cfg, list(SPARSITIES), loader, done, log=lambda _: None,
                    quiet=quiet)
-    with atomic_output(output, overwrite=True, log=log) as tmp:
+    with atomic_output(output, overwrite=True, log=log, command="demo", inputs=inputs) as tmp:
         dense = {"task": task.name, "split": "dev", "accuracy": rows[0]["accuracy"],
                  "n": rows[0]["n"]}
         save_model(model, tokenizer, tmp / "dense",
                    {**sparsity_report(targets_or_none(model)), "method": "dense-finetune",
                     "settings": FinetuneConfig(epochs=epochs, lr=8e-5).to_dict(),
                     **provenance(model_name, data)}, dense)
+        mark_output(tmp / "dense", "demo")
         (tmp / "dense" / "eval_results.json").write_text(json.dumps(dense, indent=2) + "\n")
         (tmp / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows, num_grads, label))

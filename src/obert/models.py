@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from obert.data.tasks import TaskSpec
+from obert.data.tasks import TASKS, TaskSpec
 from obert.errors import ObertError
+from obert.finite import check_finite
+from obert.hub import reachable
 
 
 def has_cuda() -> bool:
@@ -26,9 +27,11 @@ def _quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-HUB_REACH_TIMEOUT_S = 3.0
-# Models whose position ids start after the padding index (RoBERTa-style): 2 positions unused.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text")
+# Encoders whose position ids start after the padding index (RoBERTa-style: position
+# pad_token_id + i for token i, so 514 positions with pad 1 take 512 tokens).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "roberta-prelayernorm",
+                     "camembert", "longformer", "data2vec-text", "ibert", "mpnet", "luke",
+                     "xmod", "esm", "markuplm", "lilt", "layoutlmv3")
 
 
 def check_source(name: str) -> None:
@@ -47,33 +50,9 @@ def check_source(name: str) -> None:
     if constants.HF_HUB_OFFLINE:
         raise ObertError(f"{name!r} is neither a local folder nor in the cache, and "
                          "HF_HUB_OFFLINE is set: pass a local model folder")
-    if not _hub_reachable(constants.ENDPOINT):
+    if not reachable(constants.ENDPOINT):
         raise ObertError(f"{name!r} is not a local folder and the Hugging Face hub "
                          f"({constants.ENDPOINT}) cannot be reached: pass a local model folder")
-
-
-@functools.cache
-def _hub_reachable(endpoint: str) -> bool:
-    """Can a TCP connection to the hub be opened within ``HUB_REACH_TIMEOUT_S``? The name lookup
-    runs in a daemon thread: a resolver that does not answer must not hold us up either."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((url.hostname, url.port or 443), HUB_REACH_TIMEOUT_S):
-                ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(HUB_REACH_TIMEOUT_S)
-    return bool(ok)
 
 
 def load_config(name_or_path: str):
@@ -94,7 +73,8 @@ def max_tokens(config) -> int | None:
     if n is None:
         return None
     if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
-        n -= (getattr(config, "pad_token_id", None) or 1) + 1
+        pad = getattr(config, "pad_token_id", None)
+        n -= (1 if pad is None else pad) + 1  # the last token sits at position n + pad
     return n
 
 
@@ -115,9 +95,11 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
     included, came from the checkpoint, and which task its config says it was trained for.
     """
     config = load_config(name_or_path)
+    check_encoder(config, name_or_path)
     auto = auto_class(task)
     check_head_class(config, name_or_path, task)
     trained_for = getattr(config, "finetuning_task", None)
+    head = head_info(config)  # what the checkpoint says, before the load adapts the config
     same_task = trained_for == task.name and (task.is_mc or config.num_labels == task.num_labels)
     kwargs = {}
     if not same_task and task.is_mc:  # one score per choice: a classifier's head does not fit
@@ -135,12 +117,33 @@ def load_classifier(name_or_path: str, task: TaskSpec, with_info: bool = False):
         )
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
+    check_finite(model, f"model {name_or_path}", BROKEN_WEIGHTS)
     if not task.is_mlm:  # an MLM model stays what it was (pretrained or fine-tuned elsewhere)
         model.config.finetuning_task = task.name
     if with_info:
         fresh = info.get("missing_keys") or info.get("mismatched_keys")
-        return model, HeadInfo(head_loaded=not fresh, trained_for=trained_for)
+        return model, replace(head, head_loaded=not fresh)
     return model
+
+
+BROKEN_WEIGHTS = ("its weights are broken (saved by a run that diverged?): use the checkpoint "
+                  "before it, or train again with a lower learning rate")
+
+
+def check_encoder(config, name: str) -> None:
+    """Refuse a decoder-only model (GPT-2 and the like): obert's tasks, targets and kernels are
+    those of bidirectional encoders. The one check every loader and ``check_inputs`` make."""
+    import transformers as tf
+
+    archs = getattr(config, "architectures", None) or []
+    causal_only = (type(config) in tf.MODEL_FOR_CAUSAL_LM_MAPPING
+                   and type(config) not in tf.MODEL_FOR_MASKED_LM_MAPPING)
+    if (getattr(config, "is_decoder", False) or causal_only
+            or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
+        kind = getattr(config, "model_type", type(config).__name__)
+        raise ObertError(f"{name} is a decoder-only {kind} model (a causal language model): "
+                         "obert prunes bidirectional encoders such as BERT, RoBERTa or "
+                         "DistilBERT; pass one of those")
 
 
 def auto_class(task: TaskSpec):
@@ -175,6 +178,8 @@ class HeadInfo:
 
     head_loaded: bool  # every weight, the head included, came from the checkpoint
     trained_for: str | None  # the config's finetuning_task (obert finetune records it)
+    num_labels: int | None = None  # a sequence classifier's label count (None: no such head)
+    problem_type: str | None = None  # its config's problem_type, when set
 
     def fine_tuned_on(self, task: TaskSpec) -> bool:
         """The head was loaded and obert (or the config) says it was trained on ``task``; an
@@ -182,17 +187,103 @@ class HeadInfo:
         return self.head_loaded and (self.trained_for == task.name or task.is_mlm)
 
 
+def head_info(config, loaded: bool = True) -> HeadInfo:
+    """The task head a model's config describes (``loaded``: its weights are in the
+    checkpoint, as for a model loaded by its own class)."""
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    classifier = arch.endswith("ForSequenceClassification")
+    return HeadInfo(loaded, getattr(config, "finetuning_task", None),
+                    getattr(config, "num_labels", None) if classifier else None,
+                    getattr(config, "problem_type", None) if classifier else None)
+
+
+def _norm_task(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+_KNOWN = {_norm_task(t): t for t in TASKS}
+
+
+def trained_on_other_task(trained_for: str | None, task: TaskSpec) -> str | None:
+    """The obert task a config's ``finetuning_task`` names when it is not ``task`` (spellings
+    such as sst-2 or STS-B included); None when it is, or names nothing obert knows. The
+    generic multiple_choice task takes a head of any multiple-choice task."""
+    other = _KNOWN.get(_norm_task(trained_for or ""))
+    if other is None or other == task.name or task.is_mlm:
+        return None
+    if task.is_mc and (task.name == "multiple_choice" or other == "multiple_choice"):
+        return None
+    return other
+
+
 def check_head(name: str, info: HeadInfo, task: TaskSpec, role: str = "model") -> None:
-    """Refuse a model whose task head was made up at load time (chance-level scores)."""
+    """Refuse a model whose task head was made up at load time (chance-level scores) or was
+    trained for another task: another label count, problem type, or ``finetuning_task``."""
+    other = trained_on_other_task(info.trained_for, task)
+    if other is not None:
+        raise ObertError(
+            f"the {role} {name} was fine-tuned on {other} (its config's finetuning_task), not "
+            f"{task.name}: its head answers another task; use a {role} fine-tuned on "
+            f"{task.name} (obert finetune --task {task.name})")
+    if task.kind == "classification" and info.num_labels not in (None, task.num_labels):
+        raise ObertError(
+            f"the {role} {name} has a {info.num_labels}-label head, but {task.name} has "
+            f"{task.num_labels} {'label' if task.num_labels == 1 else 'labels'}: use a {role} "
+            f"fine-tuned on {task.name} (obert finetune --task {task.name})")
+    want = "regression" if task.is_regression else "single_label_classification"
+    if task.kind == "classification" and info.problem_type not in (None, want):
+        raise ObertError(
+            f"the {role} {name} has a {info.problem_type} head, but {task.name} is "
+            f"{want.replace('_', '-')}: use a {role} fine-tuned on {task.name}")
     if not info.head_loaded and task.is_mlm:
         raise ObertError(
             f"the {role} {name} has no trained masked-LM head (its weights are not in the "
             "checkpoint, so it would start random): fit one on the frozen encoder first with "
-            "obert finetune --task mlm --head-only (see the README, 'Upstream pruning')")
+            "obert finetune --task mlm --head-only (see docs/upstream.md)")
     if not info.head_loaded:
         raise ObertError(
             f"the {role} {name} has no trained {task.name} head (its head would start random "
             f"and score at chance): fine-tune it first with obert finetune --task {task.name}")
+
+
+# The class-name ending of a model that has each task kind's head (its config's architectures).
+_HEAD_CLASSES = {"classification": ("ForSequenceClassification",),
+                 "qa": ("ForQuestionAnswering",), "multiple_choice": ("ForMultipleChoice",),
+                 "mlm": ("ForMaskedLM", "ForPreTraining")}
+
+
+def check_fits_task(config, name: str, task: TaskSpec, role: str = "model") -> None:
+    """For a model loaded by its own class (``load_for_inference``: bench, export): its
+    architecture has ``task``'s kind of head, trained for that task (``check_head``)."""
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    if not arch.endswith(_HEAD_CLASSES[task.kind]):
+        raise ObertError(f"the {role} {name} is a {arch or 'model without a task head'}, which "
+                         f"has no {task.name} head: use a {role} fine-tuned on {task.name} "
+                         f"(obert finetune --task {task.name})")
+    check_head(name, head_info(config), task, role)
+
+
+def check_same_vocab(student_name: str, student, student_tok, teacher_name: str, teacher,
+                     teacher_tok) -> None:
+    """KD compares the teacher's and the student's outputs on the same token ids: they need one
+    vocabulary (the configs' vocab_size, and the tokenizers' token -> id maps when both have
+    one)."""
+    sv, tv = student.config.vocab_size, teacher.config.vocab_size
+    if sv != tv:
+        raise ObertError(f"the teacher {teacher_name} has a vocabulary of {tv:,} tokens and the "
+                         f"student {student_name} one of {sv:,}: distillation needs the same "
+                         "tokenizer; use a teacher fine-tuned from the student's base model")
+    if teacher_tok is not None and student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise ObertError(f"the tokenizers of the teacher {teacher_name} and the student "
+                         f"{student_name} map tokens to different ids (both {sv:,} tokens): "
+                         "distillation needs the same tokenizer; use a teacher fine-tuned from "
+                         "the student's base model")
+
+
+def has_tokenizer(name_or_path: str) -> bool:
+    """A hub id, or a local folder with tokenizer files."""
+    return not os.path.isdir(name_or_path) or any(
+        os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
@@ -249,10 +340,12 @@ def load_for_inference(name_or_path: str):
     from transformers import AutoModel
 
     config = load_config(name_or_path)
+    check_encoder(config, name_or_path)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     try:
         model = (cls or AutoModel).from_pretrained(name_or_path, use_safetensors=True)
     except Exception as e:
         raise ObertError(_load_error(name_or_path, e)) from None
+    check_finite(model, f"model {name_or_path}", BROKEN_WEIGHTS)
     return model.eval()

@@ -121,6 +121,14 @@ def int8_plan(model: nn.Module, weight_scales: dict[str, Tensor] | None = None, 
             source = f"{model.config._name_or_path}/{QUANT_FILE}"
     elif weight_scales:
         source = "given"
+    unknown = [k for k in weight_scales if k not in linears]
+    if weight_scales and len(unknown) == len(weight_scales):  # another model's file
+        raise ObertError(f"{source} names none of the model's INT8 Linears ({len(unknown)} "
+                         f"scales, first: {unknown[0]}; the Linears are like {next(iter(linears))}"
+                         "): it is another model's; remove it to use scales from the weights")
+    if unknown:
+        log(f"{len(unknown)} of {len(weight_scales)} trained INT8 weight scales ({source}) name "
+            f"no INT8 Linear of the model (first: {unknown[0]}): ignored")
     scales, trained, stale = {}, [], []
     for name, lin in linears.items():
         w = lin.weight.detach().float().cpu()

@@ -26,6 +26,9 @@ The formats:
   text, a letter (A is the first choice) or the right choice's text. The stem is the context
   and the question joined by a space.
 
+What a valid row of each format is, and the checks every row passes as it is read:
+``obert.data.schema.choice``.
+
 Encoding (``encode_choices``): every choice is one pair ``[CLS] stem [SEP] choice [SEP]``;
 when a pair is too long the stem is cut (``only_first``), never the choice, and a choice that
 leaves no room for the stem at the sequence length is refused with its line.
@@ -33,19 +36,20 @@ leaves no room for the stem at the sequence length is refused with its line.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 
-from obert.data.checks import require_dir
+from obert.data.checks import NoData, require_dir
+from obert.data.files import read_records
+from obert.data.schema.choice import mc_dataset
 from obert.data.tasks import TaskSpec
 from obert.errors import ObertError
+from obert.hub import dataset_access
 
 logger = logging.getLogger(__name__)
 
@@ -62,177 +66,19 @@ _FILES = {
 WINOGRANDE_SIZES = ("xl", "l", "m", "s", "xs")
 
 
-class RowError(ValueError):
-    """What is wrong with one row (the caller adds the file and line)."""
+# --- files -> rows (what a valid row is: ``obert.data.schema.choice``) ----------------------
 
 
-# --- rows of each format -> (stem, choices, label) -------------------------------------------
-
-
-def _text(value, what: str) -> str:
-    if not isinstance(value, str):
-        raise RowError(f"{what} is {_kind(value)}, not text")
-    return value
-
-
-def _kind(value) -> str:
-    return "missing" if value is None else f"a {type(value).__name__} ({str(value)[:40]!r})"
-
-
-def _letters(labels: list[str], key, what: str) -> int:
-    """The index of the answer key ``key`` among the choices' ``labels`` (-1 if unanswered)."""
-    if key in (None, ""):
-        return -1
-    if key not in labels:
-        raise RowError(f"{what} {key!r} is not one of the choices' labels {', '.join(labels)}")
-    return labels.index(key)
-
-
-def csqa_row(row: dict) -> tuple[str, list[str], int]:
-    """An official (``question.stem``) or hub-layout (``question`` text) CommonsenseQA row."""
-    q = row.get("question")
-    if isinstance(q, dict):  # the official JSON lines
-        stem = _text(q.get("stem"), "question.stem")
-        items = q.get("choices")
-        if not isinstance(items, list) or not all(isinstance(c, dict) for c in items):
-            raise RowError(f"question.choices is {_kind(items)}, not a list of {{label, text}}")
-        labels = [_text(c.get("label"), "a choice's label") for c in items]
-        texts = [_text(c.get("text"), f"choice {lab}'s text") for lab, c in zip(labels, items,
-                                                                               strict=True)]
-    else:  # the hub's parquet layout
-        stem = _text(q, "question")
-        items = row.get("choices")
-        if not isinstance(items, dict):
-            raise RowError(f"choices is {_kind(items)}, not {{label: [...], text: [...]}}")
-        labels, texts = list(items.get("label") or []), list(items.get("text") or [])
-        if len(labels) != len(texts):
-            raise RowError(f"choices has {len(labels)} labels but {len(texts)} texts")
-        for t in texts:
-            _text(t, "a choice's text")
-    return stem, texts, _letters(labels, row.get("answerKey"), "answerKey")
-
-
-def winogrande_row(row: dict) -> tuple[str, list[str], int]:
-    """The sentence cut at its one blank: the stem before it, each option + the rest after it."""
-    sentence = _text(row.get("sentence"), "sentence")
-    blanks = sentence.count("_")
-    if blanks != 1:
-        raise RowError(f"the sentence has {blanks} blanks ('_'), not exactly one: "
-                       f"{sentence[:60]!r}")
-    options = [_text(row.get(k), k) for k in ("option1", "option2")]
-    for k, o in zip(("option1", "option2"), options, strict=True):
-        if not o.strip():
-            raise RowError(f"{k} is empty")
-    cut = sentence.index("_")
-    stem, rest = sentence[:cut].rstrip(), sentence[cut + 1:]
-    answer = row.get("answer")
-    if answer in (None, ""):
-        label = -1
-    elif str(answer) in ("1", "2") and not isinstance(answer, bool | float):
-        label = int(answer) - 1
-    else:
-        raise RowError(f"answer {answer!r} is not 1 or 2")
-    return stem, [o + rest for o in options], label
-
-
-def generic_row(row: dict) -> tuple[str, list[str], int]:
-    """Optional ``context`` + ``question``; ``choices`` list or ``choice0..N``; ``label``."""
-    if "question" not in row:
-        raise RowError("it has no question field (columns: context?, question, choices or "
-                       "choice0..choiceN, label)")
-    context = row.get("context")
-    parts = [] if context in (None, "") else [_text(context, "context").strip()]
-    parts.append(_text(row["question"], "question").strip())
-    items = row.get("choices")
-    if items is None:
-        keys = sorted((k for k in row if k.startswith("choice") and k[6:].isdigit()),
-                      key=lambda k: int(k[6:]))
-        if not keys:
-            raise RowError("it has no choices: give a list 'choices' or columns choice0, "
-                           "choice1, ...")
-        if [int(k[6:]) for k in keys] != list(range(len(keys))):
-            raise RowError(f"its choice columns {', '.join(keys)} are not choice0..choiceN")
-        items = [row[k] for k in keys]
-    if not isinstance(items, list):
-        raise RowError(f"choices is {_kind(items)}, not a list")
-    texts = [_text(c.get("text") if isinstance(c, dict) else c, f"choice {i}")
-             for i, c in enumerate(items)]
-    return " ".join(p for p in parts if p), texts, _generic_label(row.get("label"), texts, items)
-
-
-def _generic_label(value, texts: list[str], items: list) -> int:
-    n = len(texts)
-    if value is None or value == "" or value == -1:
-        return -1
-    if isinstance(value, bool):
-        raise RowError(f"label {value!r} is not a choice")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        index = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        index = int(value)
-    elif isinstance(value, str) and len(value) == 1 and value.isalpha():
-        labels = [c.get("label") for c in items if isinstance(c, dict)]
-        index = labels.index(value) if value in labels else ord(value.upper()) - ord("A")
-    elif isinstance(value, str) and value in texts:
-        index = texts.index(value)
-    else:
-        raise RowError(f"label {value!r} is neither a choice's index, its letter nor its text")
-    if not 0 <= index < n:
-        raise RowError(f"label {value!r} is outside the {n} choices (0..{n - 1}, or A..{chr(64 + n)})")
-    return index
-
-
-ROW_READERS: dict[str, Callable[[dict], tuple[str, list[str], int]]] = {
-    "commonsense_qa": csqa_row, "winogrande": winogrande_row, "multiple_choice": generic_row,
-}
-
-
-# --- files -> rows --------------------------------------------------------------------------
-
-
-def _records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(``line N`` or ``row N``, record) of a JSON-lines, JSON-list, CSV or parquet file."""
-    suffix = path.suffix
-    if suffix not in _EXTS:
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(``line N``, ``row N`` or ``item N``, record) of a JSON-lines, JSON-list, CSV or parquet
+    file; a CSV cell holding a JSON list is a list (of choices)."""
+    if path.suffix not in _EXTS:
         raise ObertError(f"{path}: unsupported file type for multiple choice; use .jsonl, "
                          ".json, .csv or .parquet")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow's own errors on a damaged file
-            raise ObertError(f"cannot read {path} as parquet ({type(e).__name__}): check the "
-                             "file") from None
-        yield from ((f"row {i + 1}", r) for i, r in enumerate(rows))
-        return
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ObertError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    except OSError as e:
-        raise ObertError(f"cannot read {path}: {e.strerror}") from None
-    if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for r in reader:
-            yield f"line {reader.line_num}", {k: _csv_value(v) for k, v in r.items()}
-        return
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ObertError(f"{path} is not JSON ({e.msg}, line {e.lineno})") from None
-        yield from ((f"item {i + 1}", r) for i, r in enumerate(items))
-        return
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                yield f"line {i + 1}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ObertError(f"{path}, line {i + 1}: not JSON ({e.msg}); a .jsonl file has "
-                                 "one JSON object per line") from None
+    records, _ = read_records(path)
+    if path.suffix == ".csv":
+        records = [(at, {k: _csv_value(v) for k, v in r.items()}) for at, r in records]
+    return records
 
 
 def _csv_value(v):
@@ -245,46 +91,14 @@ def _csv_value(v):
     return v
 
 
-def rows_to_dataset(records, task: TaskSpec, where: str) -> datasets.Dataset:
-    """Parse and check every record: one choice count for all rows (the first row's), no empty
-    choice, a label among the choices. Any fault is one line naming ``where`` and the line."""
-    read = ROW_READERS[task.name]
-    cols: dict[str, list] = {"stem": [], "choices": [], "label": [], "line": []}
-    count = None
-    for at, rec in records:
-        try:
-            if not isinstance(rec, dict):
-                raise RowError(f"it is {_kind(rec)}, not an object with named fields")
-            stem, choices, label = read(rec)
-            if len(choices) < 2:
-                raise RowError(f"it has {len(choices)} choice(s); multiple choice needs ≥ 2")
-            if count is None:
-                count = len(choices)
-            elif len(choices) != count:
-                raise RowError(f"it has {len(choices)} choices where the first row has {count}: "
-                               "every row needs the same number")
-            empty = [i for i, c in enumerate(choices) if not c.strip()]
-            if empty:
-                raise RowError(f"choice {empty[0]} is empty")
-        except RowError as e:
-            raise ObertError(f"{where}, {at}: {e}") from None
-        cols["stem"].append(stem)
-        cols["choices"].append(choices)
-        cols["label"].append(label)
-        cols["line"].append(int(at.split()[1]))  # "line N", "row N" or "item N"
-    features = datasets.Features({"stem": datasets.Value("string"),
-                                  "choices": datasets.Sequence(datasets.Value("string")),
-                                  "label": datasets.Value("int64"),
-                                  "line": datasets.Value("int64")})
-    return datasets.Dataset.from_dict(cols, features=features)
-
-
-def read_mc_file(path: str | os.PathLike, task: TaskSpec) -> datasets.Dataset:
-    """One file of ``task``'s multiple-choice format, checked row by row."""
+def read_mc_file(path: str | os.PathLike, task: TaskSpec,
+                 split: str | None = None) -> datasets.Dataset:
+    """One file of ``task``'s multiple-choice format, checked row by row (``split``: the
+    split it is, which says whether rows need an answer)."""
     path = Path(path)
     if not path.is_file():
         raise ObertError(f"data file {path} does not exist")
-    return rows_to_dataset(_records(path), task, str(path))
+    return mc_dataset(_records(path), task, str(path), split)
 
 
 # --- splits: a file, a local folder or the hub ----------------------------------------------
@@ -333,7 +147,7 @@ def load_mc_split(task: TaskSpec, split: str = "dev", data_dir: str | os.PathLik
         raise ObertError(f"--dataset-config {config!r} is not a WinoGrande size: choose one of "
                          + ", ".join(f"winogrande_{s}" for s in reversed(WINOGRANDE_SIZES)))
     if data_file is not None:
-        return read_mc_file(data_file, task)
+        return read_mc_file(data_file, task, split)
     data_dir = data_dir or os.environ.get(MC_DIR_ENV) or None
     if data_dir is not None:
         require_dir(data_dir)
@@ -342,12 +156,12 @@ def load_mc_split(task: TaskSpec, split: str = "dev", data_dir: str | os.PathLik
             want = ", ".join(_FILES.get(task.name, {}).get(split, [])
                              or ([f"train_{{{','.join(WINOGRANDE_SIZES)}}}.jsonl"]
                                  if task.name == "winogrande" else [f"{split}.jsonl"]))
-            raise ObertError(f"no {split} data for {task.name} under {data_dir}: expected "
+            raise NoData(f"no {split} data for {task.name} under {data_dir}: expected "
                              f"{want} there or in {Path(data_dir) / task.name} (or pass "
                              "--train-file/--validation-file)")
         if task.name == "winogrande" and split == "train":
             logger.info("winogrande train: %s", files[0])
-        parts = [read_mc_file(f, task) for f in files]
+        parts = [read_mc_file(f, task, split) for f in files]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if not task.hub_dataset:
         raise ObertError(f"task {task.name} reads local files: pass --train-file/"
@@ -356,13 +170,14 @@ def load_mc_split(task: TaskSpec, split: str = "dev", data_dir: str | os.PathLik
     try:
         args = (task.hub_dataset, config or task.hub_config) if task.hub_config else (
             task.hub_dataset,)
-        ds = datasets.load_dataset(*args, split=task.hub_splits[split])
+        with dataset_access():  # no network: fails at once, in one line
+            ds = datasets.load_dataset(*args, split=task.hub_splits[split])
     except Exception as e:  # network, hub, or cache problems all mean the same to a user
         raise ObertError(f"could not load {name} from the Hugging Face hub "
                          f"({type(e).__name__}); pass --data-dir with a local copy or set "
                          f"{MC_DIR_ENV}") from None
-    return rows_to_dataset(((f"row {i + 1}", r) for i, r in enumerate(ds)), task,
-                           f"the hub's {name} {split} split")
+    return mc_dataset(((f"row {i + 1}", r) for i, r in enumerate(ds)), task,
+                      f"the hub's {name} {split} split", split)
 
 
 # --- tokens ---------------------------------------------------------------------------------

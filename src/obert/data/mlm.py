@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from itertools import islice
 from pathlib import Path
@@ -21,7 +20,10 @@ import datasets
 import torch
 from transformers import DataCollatorForLanguageModeling
 
+from obert.data.files import read_records, read_utf8
+from obert.data.schema.text import corpus_texts
 from obert.errors import ObertError
+from obert.hub import dataset_access
 
 MLM_PROBABILITY = 0.15
 MASK_REPLACE = 0.8  # of the chosen tokens: [MASK]
@@ -40,31 +42,13 @@ def read_text_file(path: str | os.PathLike) -> datasets.Dataset:
     if path.suffix not in TEXT_EXTS:
         raise ObertError(f"{path}: unsupported text file type; use .txt (one document per "
                          "line) or .jsonl (one JSON object with a \"text\" field per line)")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise ObertError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    except OSError as e:
-        raise ObertError(f"cannot read {path}: {e.strerror}") from None
     if path.suffix in (".json", ".jsonl"):
-        texts = [_json_text(line, i + 1, path) for i, line in enumerate(lines) if line.strip()]
+        texts = corpus_texts(read_records(path)[0], str(path))
     else:
-        texts = [line for line in lines if line.strip()]
+        texts = [line for line in read_utf8(path).splitlines() if line.strip()]
     if not texts:
         raise ObertError(f"{path} has no text: it is empty or blank")
     return datasets.Dataset.from_dict({"text": texts})
-
-
-def _json_text(line: str, number: int, path: Path) -> str:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ObertError(f"{path}, line {number}: not JSON ({e.msg}); a .jsonl corpus has one "
-                         "JSON object per line") from None
-    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-        raise ObertError(f"{path}, line {number}: no \"text\" string field; each line must be "
-                         "an object like {\"text\": \"...\"}")
-    return row["text"]
 
 
 def load_corpus(split: str, file: str | None = None, dataset: str | None = None,
@@ -86,14 +70,15 @@ def load_corpus(split: str, file: str | None = None, dataset: str | None = None,
                              "--max-train-samples N to say how many")
         return _streamed(dataset, config, split, max_samples)
     try:
-        splits = datasets.get_dataset_split_names(dataset, config)
-        if split == "train" or "validation" in splits:
-            name = "train" if split == "train" else "validation"
-            if split == "train" and "validation" not in splits:
-                name = f"train[:{100 - VALIDATION_PERCENT}%]"
-        else:
-            name = f"train[{100 - VALIDATION_PERCENT}%:]"
-        ds = datasets.load_dataset(dataset, config, split=name)
+        with dataset_access():  # no network: fails at once, in one line
+            splits = datasets.get_dataset_split_names(dataset, config)
+            if split == "train" or "validation" in splits:
+                name = "train" if split == "train" else "validation"
+                if split == "train" and "validation" not in splits:
+                    name = f"train[:{100 - VALIDATION_PERCENT}%]"
+            else:
+                name = f"train[{100 - VALIDATION_PERCENT}%:]"
+            ds = datasets.load_dataset(dataset, config, split=name)
     except Exception as e:  # offline, unknown name or config: one line
         raise ObertError(f"cannot load the hub dataset {dataset!r}"
                          f"{f' ({config})' if config else ''}: {type(e).__name__}: "
@@ -106,12 +91,14 @@ def _streamed(dataset: str, config: str | None, split: str, n: int) -> datasets.
     """The first ``n`` documents of a hub corpus, read as a stream (train), or the next
     ``max(1, n·5/95)`` after them when it has no validation split (dev)."""
     try:
-        splits = datasets.get_dataset_split_names(dataset, config)
-        name = "validation" if split == "dev" and "validation" in splits else "train"
-        stream = datasets.load_dataset(dataset, config, split=name, streaming=True)
-        skip = n if split == "dev" and name == "train" else 0
-        take = n if split == "train" else max(1, n * VALIDATION_PERCENT // (100 - VALIDATION_PERCENT))
-        rows = list(islice(stream, skip, skip + take))
+        with dataset_access():  # no network: fails at once, in one line
+            splits = datasets.get_dataset_split_names(dataset, config)
+            name = "validation" if split == "dev" and "validation" in splits else "train"
+            stream = datasets.load_dataset(dataset, config, split=name, streaming=True)
+            skip = n if split == "dev" and name == "train" else 0
+            take = n if split == "train" else max(1, n * VALIDATION_PERCENT //
+                                                  (100 - VALIDATION_PERCENT))
+            rows = list(islice(stream, skip, skip + take))
     except Exception as e:
         raise ObertError(f"cannot stream the hub dataset {dataset!r}: {type(e).__name__}; "
                          "pass local text files with --train-file/--validation-file") from None

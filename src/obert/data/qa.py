@@ -19,7 +19,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from obert.data.checks import NoData
+from obert.data.files import read_utf8
+from obert.data.schema.squad import squad_json, squad_rows
 from obert.errors import ObertError
+from obert.hub import dataset_access
 
 SQUAD_DIR_ENV = "OBERT_SQUAD_DIR"
 SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
@@ -41,41 +45,30 @@ def load_squad_split(split: str, data_dir: str | os.PathLike | None = None,
         for base in (Path(data_dir), Path(data_dir) / "squad"):
             if (base / name).is_file():
                 return load_squad_json(base / name)
-        raise ObertError(f"no {split} data for squad under {data_dir}: expected {name} there or "
+        raise NoData(f"no {split} data for squad under {data_dir}: expected {name} there or "
                          f"in {Path(data_dir) / 'squad'} (or pass --train-file/--validation-file)")
     try:
-        ds = datasets.load_dataset("rajpurkar/squad", split="train" if split == "train"
-                                   else "validation")
+        with dataset_access():  # no network: fails at once, in one line
+            ds = datasets.load_dataset("rajpurkar/squad", split="train" if split == "train"
+                                       else "validation")
     except Exception as e:  # network, hub, or cache problems all mean the same to a user
         raise ObertError(f"could not load squad from the Hugging Face hub ({type(e).__name__}); "
                          f"pass --data-dir with dev-v1.1.json or set {SQUAD_DIR_ENV}") from None
-    return ds.select_columns(["id", "title", "context", "question", "answers"])
+    keys = ["id", "title", "context", "question", "answers"]
+    return squad_rows(ds.select_columns([k for k in keys if k in ds.column_names]).to_list(),
+                      "the hub's rajpurkar/squad")
 
 
 def load_squad_json(path: str | Path) -> datasets.Dataset:
-    """A SQuAD-format JSON file as rows: id, title, context, question, answers{text, answer_start}."""
+    """A SQuAD-format JSON file as rows: id, title, context, question, answers{text,
+    answer_start}; every question checked against the SQuAD schema."""
+    text = read_utf8(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))["data"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        raw = json.loads(text)
+    except ValueError as e:
         raise ObertError(f"{path} is not a SQuAD-format JSON file ({type(e).__name__}: "
                          f"{str(e)[:80]}): it needs a top-level 'data' list of articles") from None
-    rows: dict[str, list] = defaultdict(list)
-    try:
-        for article in data:
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    rows["id"].append(qa["id"])
-                    rows["title"].append(article.get("title", ""))
-                    rows["context"].append(para["context"])
-                    rows["question"].append(qa["question"])
-                    rows["answers"].append({
-                        "text": [a["text"] for a in qa["answers"]],
-                        "answer_start": [a["answer_start"] for a in qa["answers"]]})
-    except (KeyError, TypeError) as e:
-        raise ObertError(f"{path} is not in SQuAD format: an entry lacks {e} (articles need "
-                         "'paragraphs', paragraphs 'context' and 'qas', questions 'id', "
-                         "'question' and 'answers')") from None
-    return datasets.Dataset.from_dict(dict(rows))
+    return squad_json(raw, text, str(path))
 
 
 def split_articles(ds: datasets.Dataset, heldout_articles: int) -> tuple[datasets.Dataset,

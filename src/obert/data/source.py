@@ -3,11 +3,11 @@ split of SQuAD's dev file (``DataArgs``, what every command's data flags become)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import datasets
 
-from obert.data.checks import check_split
+from obert.data.checks import NoData, check_split
 from obert.data.glue import load_split, subsample
 from obert.data.tasks import TaskSpec, get_task
 from obert.errors import ObertError
@@ -28,12 +28,34 @@ class DataArgs:
     dataset: str | None = None  # MLM: a hub corpus (e.g. wikipedia) instead of text files
     dataset_config: str | None = None  # MLM: the corpus's config; WinoGrande: its size
     streaming: bool = False  # MLM: read only the --max-train-samples documents used
+    # splits read so far, by split and settings: ``check`` reads the files, ``load`` reuses them
+    _loaded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def spec(self) -> TaskSpec:
         return get_task(self.task)
 
+    def check(self) -> None:
+        """Read every split a file was named for, and the dev split of a --data-dir when it
+        has one (their rows checked by ``obert.data.schema``), so that a bad row, a dev
+        file's too, is refused before any model is loaded, not after training."""
+        for split, file in (("train", self.train_file), ("dev", self.validation_file)):
+            if file is not None:
+                self.load(split)
+        if self.validation_file is None and self.data_dir is not None and not self.spec.is_mlm:
+            try:
+                self.load("dev")
+            except NoData:  # no dev split: the commands that need one say so themselves
+                pass
+
     def load(self, split: str) -> datasets.Dataset:
+        """The rows of ``split``, checked (each read once per settings)."""
+        key = (split, *(getattr(self, f.name) for f in fields(self) if f.init))
+        if key not in self._loaded:
+            self._loaded[key] = self._read(split)
+        return self._loaded[key]
+
+    def _read(self, split: str) -> datasets.Dataset:
         if self.spec.is_mlm:
             return self._load_text(split)
         if self.dataset is not None or self.streaming:
@@ -46,8 +68,12 @@ class DataArgs:
                 raise ObertError("--split-articles is for --task squad only")
             if split not in ("train", "dev"):
                 raise ObertError(f"with --split-articles the splits are train and dev, not {split}")
-            whole = load_split(self.spec, "dev", self.data_dir, self.validation_file)
-            ds = split_articles(whole, self.split_articles)[0 if split == "train" else 1]
+            key = ("whole dev", self.data_dir, self.validation_file)  # both splits' source
+            if key not in self._loaded:
+                self._loaded[key] = load_split(self.spec, "dev", self.data_dir,
+                                               self.validation_file)
+            ds = split_articles(self._loaded[key], self.split_articles)[
+                0 if split == "train" else 1]
         else:
             file = {"train": self.train_file, "dev": self.validation_file}.get(split)
             ds = load_split(self.spec, split, self.data_dir, file,

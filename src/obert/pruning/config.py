@@ -17,6 +17,11 @@ from obert.sparsity import sparsity_problem
 MASK_GROUP = {"unstructured": 1, "block4": 4}
 # The paper's Fisher block size B per mask (PAPER.md §2): 50 for single weights, 32 for 4-blocks.
 FISHER_BLOCK = {"unstructured": 50, "block4": 32}
+# The smallest Fisher dampening λ. F⁻¹ has entries up to 1/λ, and λ must survive float64
+# rounding (2.2e-16 relative) against the Fisher's diagonal, the gradients' squares: below
+# 1e-12 it is lost for squares above 1e-4 and the blocks' inverse stops being finite or
+# meaningful (1e-300 inverts to inf). The paper uses 1e-7.
+DAMP_MIN = 1e-12
 METHODS = ("obert", "magnitude")
 SCOPES = ("global", "layer")
 
@@ -69,7 +74,8 @@ class StepConfig:
     @property
     def block_size(self) -> int:
         """The Fisher block size B in use: the one given, else the paper's for the mask."""
-        return self.fisher.block_size or FISHER_BLOCK.get(self.mask, 50)
+        given = self.fisher.block_size
+        return FISHER_BLOCK.get(self.mask, 50) if given is None else given  # 0 is no default
 
     def check(self, name: Namer = cli_name, error: type[ObertError] = ObertError) -> StepConfig:
         def need(ok: bool, path: str, msg: str) -> None:
@@ -87,6 +93,9 @@ class StepConfig:
         need(f.num_grads >= 1, "fisher.num_grads", f"{f.num_grads} must be ≥ 1")
         need(f.grad_batch_size >= 1, "fisher.grad_batch_size", f"{f.grad_batch_size} must be ≥ 1")
         need(f.damp > 0, "fisher.damp", f"{f.damp} must be positive (the paper uses 1e-7)")
+        need(f.damp >= DAMP_MIN, "fisher.damp", f"{f.damp:g} is below {DAMP_MIN:g}: a smaller λ "
+             "is lost to float64 rounding against the gradients' squares and the Fisher's "
+             "inverse is not finite; use e.g. 1e-7 (the paper's)")
         need(f.max_memory_gb is None or f.max_memory_gb > 0, "fisher.max_memory_gb",
              f"{f.max_memory_gb} must be positive")
         b = self.block_size

@@ -14,9 +14,11 @@ fraction of the memory traffic), and each block λI + GᵀG/m is then inverted b
 float64. Both give the same matrix; tests check it.
 
 GᵀG is accumulated in float64 by default, so every block stays positive semi-definite to
-working precision and λI + GᵀG/m factorises. Should a factorisation still fail (λ tiny against
-the gradients' scale), the block is retried with λ·10, λ·100, … and every retry is recorded in
-``EmpiricalFisher.failures`` for the caller to log: an indefinite block is never inverted.
+working precision and λI + GᵀG/m factorises. Should a factorisation still fail, or give an
+inverse that is not finite (λ tiny against the gradients' scale: lost to rounding, the factor
+has a zero on its diagonal), the block is retried with λ·10, λ·100, … and every retry is
+recorded in ``EmpiricalFisher.failures`` for the caller to log: an indefinite or singular block
+is never inverted. Settings refuse λ below ``DAMP_MIN`` (``obert.pruning.config``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class EmpiricalFisher:
         """Add one gradient g (any shape with d elements); a NaN or ±inf in it is refused."""
         if not bool(torch.isfinite(grad).all()):
             bad = int((~torch.isfinite(grad)).sum())
-            raise FloatingPointError(f"gradient {self.num_grads} has {bad} non-finite entries")
+            raise FloatingPointError(f"gradient {self.num_grads} has {bad} non-finite entries "
+                                     "(the loss is NaN or overflowed on its batch)")
         flat = self._buf.view(-1, self._buf.shape[-1])[: self.numel, self._n_buf]
         flat.copy_(grad.detach().reshape(-1))
         self._n_buf += 1
@@ -180,11 +183,22 @@ def damped_inverse(ggt_over_m: Tensor, damp: float) -> tuple[Tensor, list[dict]]
     failures: list[dict] = []
     with _one_cpu_thread(f.device):
         chol, info = torch.linalg.cholesky_ex(f)
+        bad = (info != 0) | ~_usable_factor(chol)
+        # singular factors would make cholesky_inverse raise: invert the identity there
+        chol[bad] = torch.eye(f.shape[-1], dtype=f.dtype, device=f.device)
         inv = torch.cholesky_inverse(chol)
-        for b in (info != 0).nonzero().flatten().tolist():
+        bad |= ~torch.isfinite(inv).flatten(1).all(-1)
+        for b in bad.nonzero().flatten().tolist():
             inv[b], used = _retry(f[b], damp)
             failures.append({"block": b, "damp": damp, "damp_used": used})
     return inv, failures
+
+
+def _usable_factor(chol: Tensor) -> Tensor:
+    """Per block: a Cholesky factor with a positive, finite diagonal (λ lost to rounding can
+    leave a factorisation that "succeeds" with a zero pivot)."""
+    d = chol.diagonal(dim1=-2, dim2=-1)
+    return ((d > 0) & torch.isfinite(d)).all(-1)
 
 
 def _retry(f: Tensor, damp: float) -> tuple[Tensor, float]:
@@ -194,11 +208,14 @@ def _retry(f: Tensor, damp: float) -> tuple[Tensor, float]:
     for t in range(1, MAX_RETRIES + 1):
         used = damp * 10.0**t
         chol, info = torch.linalg.cholesky_ex(f + (used - damp) * eye)
-        if int(info) == 0:
-            return torch.cholesky_inverse(chol), used
+        if int(info) == 0 and bool(_usable_factor(chol)):
+            inv = torch.cholesky_inverse(chol)
+            if bool(torch.isfinite(inv).all()):
+                return inv, used
     raise FloatingPointError(
-        f"a Fisher block is not positive definite even with damping {used:g} (λ = {damp:g}): "
-        "the gradients are broken (check the loss for NaN or overflow)")
+        f"a Fisher block is not positive definite, or its inverse not finite, even with "
+        f"damping {used:g} (λ = {damp:g}): raise λ (--damp, the recipe's pruning.fisher.damp) "
+        "or check the loss for NaN or overflow")
 
 
 def fisher_inv(

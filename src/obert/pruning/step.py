@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from obert.errors import ObertError
-from obert.pruning.config import StepConfig
+from obert.pruning.config import FISHER_BLOCK, Namer, StepConfig, cli_name
 from obert.pruning.distributed import Comm, weights_digest
 from obert.pruning.gradients import gradient_rounds
 from obert.pruning.masks import MaskSet
@@ -32,10 +32,19 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} GB"
 
 
-def fisher_memory_check(pruner: Pruner, cfg: StepConfig, log: Log) -> None:
-    """Print this rank's Fisher memory before allocation; refuse it over the per-rank budget."""
+def fisher_memory_check(pruner: Pruner, cfg: StepConfig, log: Log,
+                        name: Namer = cli_name) -> None:
+    """Print this rank's Fisher memory before allocation; refuse it over the per-rank budget,
+    over the memory free on its device, or with blocks larger than any target (all padding).
+    ``name`` words a setting as the user gave it (a flag, or a recipe key)."""
     if not pruner.needs_grads:  # no Fisher
         return
+    largest = max(w.numel() for w in pruner.weights.values())
+    if cfg.block_size > largest:
+        raise ObertError(
+            f"{name('fisher.block_size')} {cfg.block_size} is larger than the largest target "
+            f"tensor ({largest:,} weights): its blocks would be mostly zero padding (B² numbers "
+            f"each); use at most {largest} (the paper uses {FISHER_BLOCK.get(cfg.mask, 50)})")
     need = pruner.memory_bytes()
     n = sum(w.numel() for w in pruner.weights.values())
     comm = pruner.comm
@@ -46,9 +55,27 @@ def fisher_memory_check(pruner: Pruner, cfg: StepConfig, log: Log) -> None:
             f"the Fisher needs {human_bytes(need)}{per} for {n:,} weights, over "
             f"--max-fisher-memory {budget:g} GB: lower --fisher-block-size, add ranks, or "
             "raise the budget")
+    device = next(iter(pruner.weights.values())).device
+    free = free_memory(device)
+    if need > free:
+        raise ObertError(
+            f"the Fisher needs {human_bytes(need)}{per} for {n:,} weights (8·d·B bytes, "
+            f"B={cfg.block_size}), more than the {human_bytes(free)} free on {device}: lower "
+            f"{name('fisher.block_size')}, add ranks, or free memory")
     if comm.is_main:
         log(f"Fisher inverse: {human_bytes(need)}{per} for {n:,} weights in "
             f"{len(pruner.weights)} tensors (B={cfg.block_size}, float64)")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: the GPU's free memory plus what torch's
+    cache holds unused, or the host's available memory (psutil, an accelerate dependency)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def estimate_fisher(pruner: Pruner, model: nn.Module, batches: Iterable, num_grads: int,
@@ -58,11 +85,14 @@ def estimate_fisher(pruner: Pruner, model: nn.Module, batches: Iterable, num_gra
     pruner that ``needs_grads`` (``OBSPruner``: begin, add_grads, current_fisher_inv)."""
     comm = pruner.comm
     pruner.begin()
-    with gradient_rounds(model, pruner.weights, batches, num_grads, comm.rank, comm.world,
-                         quiet) as rounds:
-        for grads in rounds:
-            pruner.add_grads(grads)
-    finv = pruner.current_fisher_inv()
+    try:
+        with gradient_rounds(model, pruner.weights, batches, num_grads, comm.rank, comm.world,
+                             quiet) as rounds:
+            for grads in rounds:
+                pruner.add_grads(grads)
+        finv = pruner.current_fisher_inv()
+    except FloatingPointError as e:  # a non-finite gradient, a block no damping can invert
+        raise ObertError(f"the empirical Fisher cannot be used: {e}") from None
     for f in pruner.failures[:5]:
         log(f"rank {comm.rank}: Fisher block {f['block']} of {f['tensor']} failed Cholesky at "
             f"λ={f['damp']:g}; inverted with λ={f['damp_used']:g}")

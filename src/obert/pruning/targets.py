@@ -58,8 +58,15 @@ def find_targets(
     """
     inc = [re.compile(p) for p in include or []]
     exc = [re.compile(p) for p in exclude or []]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for p in inc:  # a typo would prune less than asked, silently
+        if not any(p.search(n) for n in linears):
+            raise ObertError(f"include pattern {p.pattern!r} (--include, recipe targets.include) "
+                             f"matches no Linear of {type(model).__name__}: fix or drop it "
+                             f"(its Linears: {layer_names(linears)})")
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
+    candidates: list[str] = []
     excluded = 0
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):  # head: every Linear, the layer stack's or not
@@ -68,11 +75,17 @@ def find_targets(
             wanted = embeddings and isinstance(mod, nn.Embedding)
         if not wanted or id(mod.weight) in seen:
             continue
+        candidates.append(name)
         if any(p.search(name) for p in exc):
             excluded += 1
             continue
         seen.add(id(mod.weight))
         found[name] = mod
+    for p in exc if candidates else ():  # a typo would prune what was meant to stay dense
+        if not any(p.search(n) for n in candidates):
+            raise ObertError(f"exclude pattern {p.pattern!r} (--exclude, recipe targets.exclude) "
+                             f"matches none of the layers to prune: fix or drop it (they are: "
+                             f"{layer_names(candidates)})")
     if not found and excluded:
         raise ObertError(
             f"{type(model).__name__} has no prunable layers left: --exclude removed all "
@@ -84,6 +97,22 @@ def find_targets(
             "layer stack matched; pass --include REGEX to choose modules by name"
         )
     return found
+
+
+def layer_names(names: list[str], limit: int = 12) -> str:
+    """Module names for a message, the layer stack folded: ``bert.encoder.layer.N.{...}`` once
+    with the distinct suffixes, at most ``limit`` names in all."""
+    folded: dict[str, list[str]] = {}
+    for name in names:
+        m = LAYER_STACK.search(name)
+        head = name[:m.end()] if m else name
+        head = re.sub(r"\.\d+\.$", ".N.", head) if m else head
+        rest = folded.setdefault(head, [])
+        if m and name[m.end():] not in rest:
+            rest.append(name[m.end():])
+    parts = [head + ("{" + ", ".join(rest) + "}" if rest else "") for head, rest in folded.items()]
+    shown = ", ".join(parts[:limit])
+    return shown + (f", ... ({len(parts) - limit} more)" if len(parts) > limit else "") or "none"
 
 
 def is_encoder_linear(name: str, module: nn.Module) -> bool:

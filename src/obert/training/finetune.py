@@ -11,6 +11,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from obert.data.tasks import TaskSpec
 from obert.data.tokenize import collator
 from obert.errors import ObertError
+from obert.finite import check_loss
 from obert.models import has_cuda
 from obert.pruning.masks import MaskSet
 from obert.training.gradual import HoldMasks
@@ -28,6 +29,18 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class FiniteLossTrainer(Trainer):
+    """Trainer that stops at a training loss that is NaN or infinite: Trainer's own filter only
+    keeps it out of the logged mean, while its step writes NaN into the weights."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            check_loss(out[0] if return_outputs else out, self.state.global_step + 1,
+                       "nothing is written: fine-tune with a lower --lr")
+        return out
 
 
 def freeze_base(model) -> int:
@@ -69,7 +82,7 @@ def finetune(model, tokenizer, train_encoded, cfg: FinetuneConfig, quiet: bool =
             log_level="error" if quiet else "warning",
             use_cpu=not has_cuda(),
         )
-        trainer = Trainer(
+        trainer = FiniteLossTrainer(
             model=model,
             args=args,
             train_dataset=train_encoded,

@@ -27,6 +27,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import Trainer, TrainerCallback
 
 from obert.compression.plan import int8_cost_note, prepare_qat
+from obert.finite import check_loss
 from obert.pruning.distributed import Comm
 from obert.pruning.masks import MaskSet
 from obert.pruning.step import pruning_step
@@ -229,7 +230,17 @@ class DistillTrainer(Trainer):
                 loss = token_kd_loss(outputs.logits, t_out.logits, inputs["labels"], h, T, loss)
             else:
                 loss = distill_loss(loss, outputs.logits, t_out.logits, h, T)
+        if model.training:
+            check_loss(loss, self.state.global_step + 1, self._diverged_fix())
         return (loss, outputs) if return_outputs else loss
+
+    def _diverged_fix(self) -> str:
+        """What a diverged run leaves and how to go on: its complete checkpoints are kept."""
+        kept = complete_checkpoints(Path(self.args.output_dir))
+        where = (f"the checkpoints in {self.args.output_dir} (the last, {kept[0].name}, from "
+                 "before it) are kept" if kept else "no checkpoint was complete yet")
+        return (f"nothing is written, {where}; lower the learning rate (the recipe's lr) or "
+                "drop --fp16, and start over with --overwrite")
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """With ``eval_fn`` (QA, MLM), score with it instead of Trainer's loop. The Trainer asks

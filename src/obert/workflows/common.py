@@ -6,6 +6,7 @@ writes its output folder atomically."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from obert.data.tokenize import encode
 from obert.errors import ObertError
 from obert.io import atomic_output, check_output, save_model
 from obert.models import (
+    check_encoder,
     check_head,
     check_head_class,
     check_seq_len,
@@ -37,20 +39,41 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# where each task family's data comes from when --data-dir is not given
+DATA_DIR_ENVS = ("OBERT_GLUE_DIR", "OBERT_SQUAD_DIR", "OBERT_MC_DIR")
+
+
+def input_paths(model_name: str | None, data: DataArgs | None = None,
+                *more: str | os.PathLike | None) -> list[str | os.PathLike]:
+    """The run's inputs that may be local paths (model, data, ``more``: teacher, recipe), for
+    ``check_output``: an output never is, or holds, one of them."""
+    found = [model_name, *more]
+    if data is not None:
+        found += [data.data_dir, data.train_file, data.validation_file]
+        if data.data_dir is None:
+            found += [os.environ.get(k) for k in DATA_DIR_ENVS]
+    return [p for p in found if p]
+
+
 def check_inputs(model_name: str, data: DataArgs, max_seq_length: int,
-                 output: str | None = None, overwrite: bool = False):
-    """What can be checked before any work: the output location, the model's config (a local
-    folder or a reachable id), the sequence length against its positions, an MLM head class
-    for the mlm task, and SQuAD's window arithmetic. Returns the config."""
+                 output: str | None = None, overwrite: bool = False,
+                 inputs: list | None = None):
+    """What can be checked before any work: the output location (never one of ``inputs``,
+    by default the model and data), the model's config (a local folder or a reachable id), the
+    sequence length against its positions, an MLM head class for the mlm task, and SQuAD's
+    window arithmetic. Returns the config."""
     if output is not None:
-        check_output(output, overwrite)
+        check_output(output, overwrite,
+                     inputs=input_paths(model_name, data) if inputs is None else inputs)
     config = load_config(model_name)
     check_seq_len(config, max_seq_length)
     check_head_class(config, model_name, data.spec)
+    check_encoder(config, model_name)
     if data.spec.is_qa:
         from obert.data.qa import check_windows
 
         check_windows(max_seq_length, data.doc_stride)
+    data.check()  # every row of every file named (a bad dev file too): not after training
     return config
 
 
@@ -103,7 +126,8 @@ def run_finetune(model_name: str, data: DataArgs, cfg: FinetuneConfig, output: s
             "settings": {**cfg.to_dict(), "keep_sparsity": keep_sparsity,
                          "head_only": head_only}, "train": summary,
             **({"masks": origin} if origin else {})}
-    write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics)
+    write_output(output, overwrite, model, tokenizer, model_name, data, info, metrics,
+                 command="finetune")
     return metrics
 
 
@@ -155,11 +179,14 @@ def provenance(model_name: str, data: DataArgs) -> dict:
 
 def write_output(output: str, overwrite: bool, model, tokenizer, model_name: str,
                   data: DataArgs, info: dict, metrics: dict,
-                  extra: Callable[[Path], None] | None = None) -> None:
+                  extra: Callable[[Path], None] | None = None, command: str = "",
+                  inputs: list | None = None) -> None:
     """The model folder with sparsity.json (provenance added) and eval_results.json, atomically;
-    ``extra`` writes more files into the temporary folder before it is renamed."""
+    ``extra`` writes more files into the temporary folder before it is renamed. ``command``
+    goes into obert's marker; ``inputs`` (default: the model and data) are never replaced."""
     info = {**info, **provenance(model_name, data)}
-    with atomic_output(output, overwrite, log) as tmp:
+    inputs = input_paths(model_name, data) if inputs is None else inputs
+    with atomic_output(output, overwrite, log, command, inputs) as tmp:
         save_model(model, tokenizer, tmp, info, metrics)
         if metrics:
             (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")

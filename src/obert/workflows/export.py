@@ -13,15 +13,17 @@ from dataclasses import asdict
 from obert.compression.plan import int8_plan
 from obert.data.source import DataArgs
 from obert.errors import ObertError
+from obert.fs import writing
 from obert.io import check_output
 from obert.models import (
+    check_fits_task,
     check_seq_len,
     is_multiple_choice,
     load_config,
     load_for_inference,
     load_tokenizer,
 )
-from obert.workflows.common import check_inputs, log
+from obert.workflows.common import check_inputs, input_paths, log
 
 # Used when no --task is given: varied real sentences, long and short, so padding is checked.
 SAMPLE = [
@@ -90,7 +92,8 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
                overwrite: bool = False) -> dict:
     from obert.runtime.export import export_onnx
 
-    path = check_output(output, overwrite, file=True)
+    # --overwrite replaces only an ONNX file obert wrote, never an input
+    path = check_output(output, overwrite, file=True, inputs=input_paths(model_name, data))
     if data is not None:
         check_inputs(model_name, data, max_seq_length)
     else:
@@ -98,8 +101,12 @@ def run_export(model_name: str, output: str, int8: bool = False, data: DataArgs 
     model = load_for_inference(model_name)
     tokenizer = load_tokenizer(model_name)
     plan = int8_plan(model, log=log) if int8 else None
-    inputs = check_rows(tokenizer, data, rows, max_seq_length, is_multiple_choice(model))
-    report = export_onnx(model, path, inputs, int8, tolerance=tolerance, plan=plan)
+    mc = is_multiple_choice(model)
+    if data is not None and data.spec.is_mc == mc:  # (check_rows names a kind mismatch)
+        check_fits_task(model.config, model_name, data.spec)  # checked on its rows: its head
+    inputs = check_rows(tokenizer, data, rows, max_seq_length, mc)
+    with writing(path):  # a full disk, ...: one line, no file (export_onnx removes its own)
+        report = export_onnx(model, path, inputs, int8, tolerance=tolerance, plan=plan)
     trained = plan is not None and bool(plan.trained)
     log(f"wrote {path} ({report.size_mb:.1f} MB, {report.dtype}"
         + (f", {report.int8_layers} INT8 Linears, {report.int8_attention} INT8 attentions"

@@ -14,7 +14,7 @@ def run_drop_layers(model_name: str, output: str, keep: list[int] | None = None,
                     layers: int | None = None, overwrite: bool = False) -> list[int]:
     """Keep ``keep`` (or ``layers`` layers chosen by ``default_keep``) and write a plain HF
     folder with the model's own class, head and tokenizer. Returns the kept indices."""
-    check_output(output, overwrite)
+    check_output(output, overwrite, inputs=[model_name])
     tokenizer = load_tokenizer(model_name)
     model = load_for_inference(model_name)
     n = len(layer_stack(model)[1])
@@ -29,7 +29,7 @@ def run_drop_layers(model_name: str, output: str, keep: list[int] | None = None,
     info = {**sparsity_report(targets_or_none(model)), "method": "drop-layers",
             "layers": {"kept": keep, "from": n, "rule": rule},
             "obert_version": __version__, "source_model": model_name}
-    with atomic_output(output, overwrite, log) as tmp:
+    with atomic_output(output, overwrite, log, "drop-layers", [model_name]) as tmp:
         save_model(model, tokenizer, tmp, info)
     log(f"wrote {output}: layers {keep} of {n} ({rule})")
     return keep

@@ -9,7 +9,7 @@ from pathlib import Path
 from obert.data.glue import subsample
 from obert.data.source import DataArgs
 from obert.data.tokenize import batches, encode
-from obert.io import atomic_output, save_model
+from obert.io import atomic_output, mark_output, save_model
 from obert.models import check_head, has_cuda, load_classifier, load_tokenizer
 from obert.pruning.config import StepConfig, TargetsConfig, check_sparsity
 from obert.pruning.distributed import Comm, init_from_env
@@ -18,7 +18,7 @@ from obert.pruning.pruner import build_pruner
 from obert.pruning.step import fisher_memory_check, prune_each
 from obert.pruning.targets import check_group_shape, find_targets
 from obert.sparsity import sparsity_report
-from obert.workflows.common import check_inputs, log, maybe_evaluate, provenance
+from obert.workflows.common import check_inputs, input_paths, log, maybe_evaluate, provenance
 
 
 def sparsity_folder(s: float) -> str:
@@ -67,7 +67,8 @@ def run_oneshot(model_name: str, data: DataArgs, cfg: StepConfig, sparsities: li
     # 4. prune to each sparsity, writing each as it is done (rank 0 writes)
     results: list[dict] = []
     t0 = time.time()
-    with atomic_output(output, overwrite, log) if comm.is_main else _nowhere() as tmp:
+    writer = atomic_output(output, overwrite, log, "oneshot", input_paths(model_name, data))
+    with writer if comm.is_main else _nowhere() as tmp:
         def done(s: float) -> None:
             wall = time.time() - t0
             folder = None if tmp is None else tmp / sparsity_folder(s) if len(sparsities) > 1 else tmp
@@ -97,6 +98,7 @@ def _finish(model, tokenizer, model_name: str, data: DataArgs, cfg: StepConfig, 
                          "max_seq_length": max_seq_length, "world_size": comm.world},
             "wall_s": wall, **provenance(model_name, data)}
     folder.mkdir(exist_ok=True)
+    mark_output(folder, "oneshot")  # a sub-folder is an output of its own too
     save_model(model, tokenizer, folder, info, metrics)
     if metrics:
         (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")

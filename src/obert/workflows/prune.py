@@ -3,7 +3,8 @@
 ``run_prune`` is its steps, each a function here (or in ``common``), sharing one ``PruneJob``
 (the run's inputs, and what each step made):
 
-1. ``check_inputs`` and the train split: everything checkable before any model is loaded;
+1. ``check_inputs``, ``check_checkpoints`` and the train split: everything checkable before
+   any model is loaded;
 2. ``training_args``: the Trainer's arguments (under torchrun this starts the process group);
 3. ``resume_point``: the complete checkpoints of an interrupted run, or a clean start;
 4. ``load_models``: student, tokenizer, teacher (``teacher_choice``), targets under a MaskSet;
@@ -12,6 +13,9 @@
 7. ``check_identity``: a resumed run must be the same run; ``pick_checkpoint``: the newest
    checkpoint that loads;
 8. ``train``; 9. ``write_outputs``.
+
+A file-system error (a full disk, ...) ends the run with one line; the checkpoints folder goes
+with it unless it holds an earlier run's checkpoints that ``--resume`` continued from.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from obert.compression.plan import int8_linears, prepare_qat
@@ -27,8 +31,17 @@ from obert.compression.quant import SCHEME, convert_qat
 from obert.data.source import DataArgs
 from obert.data.tokenize import batches, collator, encode
 from obert.errors import ObertError
-from obert.io import QUANT_FILE, check_output, save_weight_scales
-from obert.models import HeadInfo, check_head, has_cuda, load_classifier, load_tokenizer
+from obert.fs import CannotWrite, writing
+from obert.io import QUANT_FILE, check_output, mark_output, save_weight_scales
+from obert.models import (
+    HeadInfo,
+    check_head,
+    check_same_vocab,
+    has_cuda,
+    has_tokenizer,
+    load_classifier,
+    load_tokenizer,
+)
 from obert.pruning.config import StepConfig
 from obert.pruning.distributed import TIMEOUT, Comm
 from obert.pruning.masks import MaskSet
@@ -48,6 +61,7 @@ from obert.training.recipe import Recipe
 from obert.training.schedule import StepPlan
 from obert.workflows.common import (
     check_inputs,
+    input_paths,
     log,
     mask_origin,
     maybe_evaluate,
@@ -71,6 +85,7 @@ class PruneRunArgs:
     bf16: bool = False
     fp16: bool = False
     keep_checkpoints: bool = False
+    recipe_file: str | None = None  # an input: the output never replaces it or its folder
 
 
 @dataclass
@@ -103,6 +118,7 @@ class PruneJob:
     comm: Comm
     models: Models | None = None  # load_models
     splits: Splits | None = None  # load_data
+    inputs: list = field(default_factory=list)  # paths the outputs never replace
 
 
 @dataclass
@@ -129,20 +145,32 @@ def run_prune(model_name: str, data: DataArgs, recipe: Recipe, output: str,
     """Gradual pruning (or dense KD training) by ``recipe``; writes the model folder with
     metrics.jsonl and plots/. ``run.resume`` continues from the last checkpoint."""
     run = run or PruneRunArgs()
-    check_inputs(model_name, data, recipe.max_seq_length)
-    raw_train = data.load("train")  # bad data is refused before any model is loaded
+    inputs = input_paths(model_name, data, run.teacher, recipe.distillation.teacher,
+                         run.recipe_file)
+    # --resume writes the output it never got to: like --overwrite, only over obert's own
+    check_inputs(model_name, data, recipe.max_seq_length, output, run.overwrite or run.resume,
+                 inputs)
     work = checkpoint_dir(output)
+    found = check_checkpoints(work, run, inputs)
+    raw_train = data.load("train")  # bad data is refused before any model is loaded
     args = training_args(work, recipe, run, data.seed)
     comm = Comm.current() if args.world_size > 1 else Comm()
-    job = PruneJob(model_name, data, recipe, output, run, work, comm)
-    candidates = resume_point(job)
-    job.models = load_models(job)
-    job.splits = load_data(job, raw_train)
-    training = build_trainer(job, args)
-    check_identity(job, resuming=bool(candidates))
-    training.resume_from = pick_checkpoint(candidates, training.masked)
-    train(training)
-    result = write_outputs(job, training) if comm.is_main else {}
+    job = PruneJob(model_name, data, recipe, output, run, work, comm, inputs=inputs)
+    candidates = resume_point(job, found)
+    try:
+        job.models = load_models(job)
+        job.splits = load_data(job, raw_train)
+        training = build_trainer(job, args)
+        with writing(work):
+            check_identity(job, resuming=bool(candidates))
+        training.resume_from = pick_checkpoint(candidates, training.masked)
+        with writing(work):
+            train(training)
+        result = write_outputs(job, training) if comm.is_main else {}
+    except CannotWrite:
+        if comm.is_main and not candidates:  # this run's own; an earlier run's stay for --resume
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     comm.finish()
     return result
 
@@ -179,27 +207,37 @@ def training_args(work: Path, recipe: Recipe, run: PruneRunArgs, seed: int):
     return args
 
 
-def resume_point(job: PruneJob) -> list[Path]:
-    """The complete checkpoints of an interrupted run, newest first (``--resume``), or [] after
-    clearing the way for a fresh run. A folder with no complete checkpoint (a run that failed
-    before its first save) is cleared without asking, so no --resume loop can arise."""
-    output, work, run, comm = job.output, job.work, job.run, job.comm
+def check_checkpoints(work: Path, run: PruneRunArgs, inputs: list) -> list[Path]:
+    """Before any work: the complete checkpoints of an interrupted run, newest first
+    (``--resume``), or [] once sure that a fresh run may clear ``work``: a file or a link
+    there, a folder obert did not write, one holding an input, or an interrupted run's
+    checkpoints without --overwrite, are refused."""
     found = complete_checkpoints(work)
     if run.resume:
         if not found:
             raise ObertError(f"--resume: no complete checkpoint in {work} to resume from; run "
                              "without --resume to start over")
-        check_output(output, True)
         return found
-    check_output(output, run.overwrite)
-    if work.exists():
+    if work.exists() or work.is_symlink():
         if found and not run.overwrite:
             raise ObertError(f"an interrupted run's checkpoints are in {work}: pass --resume "
                              "to continue it, or --overwrite to start over")
-        if comm.is_main:
-            shutil.rmtree(work)
-            if not found:
-                log(f"removed {work}: an earlier run stopped before its first complete checkpoint")
+        check_output(work, True, inputs=inputs, flag="the checkpoints folder")
+    return []
+
+
+def resume_point(job: PruneJob, found: list[Path]) -> list[Path]:
+    """``found`` (``check_checkpoints``) when resuming, else [] after clearing the way for a
+    fresh run. A folder with no complete checkpoint (a run that failed before its first save)
+    is cleared without asking, so no --resume loop can arise."""
+    work, run, comm = job.work, job.run, job.comm
+    if run.resume:
+        return found
+    if work.exists() and comm.is_main:
+        had = complete_checkpoints(work)
+        shutil.rmtree(work)
+        if not had:
+            log(f"removed {work}: an earlier run stopped before its first complete checkpoint")
     return []
 
 
@@ -220,17 +258,22 @@ def load_models(job: PruneJob) -> Models:
         log(f"kept layers {recipe.layers.keep} of {n}")
     if recipe.quantization is not None:
         int8_linears(model)  # QAT needs encoder Linears: refuse before any training
+    # the student's targets first: a bad pattern is refused before a teacher loads or logs
+    masks = target_masks(model, pcfg or StepConfig(), recipe.targets,
+                         "use mask unstructured or exclude it in targets")
     teacher, teacher_name = None, None
     if dcfg.hardness > 0:
         teacher_name, why = teacher_choice(model_name, head, task, run, recipe)
         teacher, t_head = load_classifier(teacher_name, task, with_info=True)
         check_head(teacher_name, t_head, task, "teacher")
+        if teacher_name != model_name:  # KD compares outputs token id by token id
+            check_same_vocab(model_name, model, tokenizer, teacher_name, teacher,
+                             load_tokenizer(teacher_name) if has_tokenizer(teacher_name) else None)
         if comm.is_main:
             log(f"teacher: {teacher_name} ({why})")
-    masks = target_masks(model, pcfg or StepConfig(), recipe.targets,
-                         "use mask unstructured or exclude it in targets")
     if pcfg is not None:
-        fisher_memory_check(build_pruner(pcfg, masks, comm), pcfg, log)
+        fisher_memory_check(build_pruner(pcfg, masks, comm), pcfg, log,
+                            lambda path: f"recipe key pruning.{path} =")
     return Models(tokenizer, model, teacher, teacher_name, masks, masks.sparsity())
 
 
@@ -370,6 +413,7 @@ def check_identity(job: PruneJob, resuming: bool) -> None:
                              "same arguments, or use --overwrite")
     if comm.is_main:
         work.mkdir(parents=True, exist_ok=True)
+        mark_output(work, "prune")  # a later --overwrite may clear it
         id_file.write_text(json.dumps(identity, indent=2) + "\n")
 
 
@@ -483,7 +527,8 @@ def write_outputs(job: PruneJob, training: Training) -> dict:
         plot_run(read_metrics(metrics_log.path), report, sorted(plan.prune_at),
                  task.main_metric, tmp / "plots", curves)
 
-    write_output(output, True, model, models.tokenizer, model_name, data, info, final, run_files)
+    write_output(output, True, model, models.tokenizer, model_name, data, info, final, run_files,
+                 "prune", job.inputs)
     if not run.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {output}: sparsity {report['global_sparsity']:.4f}, {plan.total_steps} steps "

@@ -369,8 +369,7 @@ def test_compiled_minilm_matches_pytorch_on_sst2(minilm_sst2: Path, glue_dir: Pa
 
     out = tmp_path / "block4-80"
     assert main(["oneshot", "--model", str(minilm_sst2), "--task", "sst2", "--data-dir",
-                 str(glue_dir), "--method", "magnitude", "--mask", "block4", "--fisher-block-size", "32",
-                 "--sparsity", "0.8",
+                 str(glue_dir), "--method", "magnitude", "--mask", "block4", "--sparsity", "0.8",
                  "--output", str(out), "--quiet"]) == 0
     model = load_for_inference(str(out))
     dense = load_for_inference(str(minilm_sst2))

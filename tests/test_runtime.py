@@ -731,6 +731,39 @@ def test_uneven_rows_split_by_nonzeros_give_the_dense_result(isa: str, threads: 
     assert (y8 - int8_reference(x, w, None)).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 17, 63, 64, 65])
+@pytest.mark.parametrize("n, k", [(1, 4), (17, 50), (37, 301), (48, 260)])
+def test_int8_row_walks_give_identical_outputs(isa: str, m: int, n: int, k: int) -> None:
+    """The AVX-512 kernel's two row walks (two rows side by side, the default, and one at a
+    time) are the same int32 sums: outputs equal bit for bit, with bias and GELU, for rows of
+    uneven length (empty to dense), N past a group of 16, K past a multiple of 4 and 256, and
+    M around a token tile. The other ISAs ignore the switch."""
+    rt.set_isa(isa)
+    k8 = rt.kernels()
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    kb = (k + 3) // 4
+    keep = torch.zeros(n, kb, dtype=torch.bool)
+    for r in range(n):  # row r keeps a share r / n of its 4-blocks
+        keep[r, torch.randperm(kb, generator=g)[: r * kb // max(1, n - 1)]] = True
+    w = torch.randn(n, k, generator=g) * keep.repeat_interleave(4, 1)[:, :k]
+    p, b, x = pack_i8(w), torch.randn(n, generator=g), torch.randn(m, k, generator=g)
+    out = {}
+    try:
+        for walk in ("rows", "pairs"):
+            k8.set_i8_tile(walk)
+            assert k8.i8_tile() == walk
+            out[walk] = [k8.spmm_i8(x, p.row_ptr, p.col, p.wq, p.sw, p.wsum, n, b, act)
+                         for act in (0, 1)]
+    finally:
+        k8.set_i8_tile("pairs")
+    for a, c in zip(out["rows"], out["pairs"], strict=True):
+        assert torch.equal(a, c)
+    assert (out["pairs"][0] - int8_reference(x, w, b)).abs().max().item() < 1e-3
+    with pytest.raises(RuntimeError, match="'pairs' or 'rows'"):
+        k8.set_i8_tile("quads")
+
+
 # -- INT8 attention --------------------------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ struct SpI8 {
   const int32_t* wq;
   const float* sw;
   const int32_t* wsum;
+  // AVX-512: walk two output rows side by side (the same sums; a kernel may ignore it)
+  bool pair_rows = true;
 };
 
 struct Out {

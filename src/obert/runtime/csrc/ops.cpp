@@ -72,6 +72,24 @@ void set_isa(const std::string& name) {
               list);
 }
 
+// How the AVX-512 INT8 kernel walks a row group: "pairs" (two output rows side by side, the
+// default) or "rows" (one at a time, the earlier kernel). The sums are the same; the switch
+// exists so that benchmarks/kernels.py can time both in one process. OBERT_I8_TILE picks
+// the start-up value.
+std::atomic<bool>& pair_rows() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("OBERT_I8_TILE");
+    return !(e && std::string(e) == "rows");
+  }()};
+  return on;
+}
+
+void set_i8_tile(const std::string& name) {
+  TORCH_CHECK(name == "pairs" || name == "rows", "INT8 tile walk must be 'pairs' or 'rows', not '",
+              name, "'");
+  pair_rows().store(name == "pairs");
+}
+
 // Time spent laying out and quantizing activations, for obert.runtime.profile: off unless a
 // profile asks (one relaxed load per call when off). Wall time of the prepare steps; inside
 // ffn_i8's tiles, each thread's time divided by the threads (they prepare side by side).
@@ -275,7 +293,7 @@ obert::SpI8 check_i8(int64_t K, const torch::Tensor& row_ptr, const torch::Tenso
               "int8 weights must be packed by obert.runtime.pack: wq int32 [nnz = ", nnz,
               "], sw float32 [N], wsum int32 [N]");
   return {row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(), wq.data_ptr<int32_t>(),
-          sw.data_ptr<float>(), wsum.data_ptr<int32_t>()};
+          sw.data_ptr<float>(), wsum.data_ptr<int32_t>(), pair_rows().load()};
 }
 
 // x quantized per token into the INT8 tile layout (kernels.h) for Mt tokens (whole tiles),
@@ -448,6 +466,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
         py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0,
         py::call_guard<py::gil_scoped_release>());
+  m.def("i8_tile", [] { return std::string(pair_rows().load() ? "pairs" : "rows"); },
+        "how the AVX-512 INT8 kernel walks a row group: 'pairs' or 'rows'");
+  m.def("set_i8_tile", &set_i8_tile, "'pairs' (default) or 'rows' (one row at a time)");
   m.def("prep_timer", &prep_timer,
         "nanoseconds spent preparing activations since the last call; on: keep timing (profiles)");
   m.def("ffn_i8", &ffn_i8, "GELU(x W1^T + b1) W2^T + b2, both int8 4-blocks, one token tile at a time",

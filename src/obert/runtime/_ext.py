@@ -4,7 +4,7 @@ The prebuilt module must match the installed torch's ABI; when it is missing (in
 `--no-build-isolation`) or stale, the same sources are compiled once into a per-torch cache.
 `OBERT_ISA=avx512|avx2|scalar` pins the instruction set (the default picks the fastest).
 `OBERT_I8_TILE=rows` makes the AVX-512 INT8 kernel walk one output row at a time instead of two
-side by side (the same sums; ``set_i8_tile`` switches it at run time, for benchmarks/kernels.py).
+side by side (the same sums; ``set_i8_tile`` switches it at run time, for benchmarks/int8_kernels.py).
 """
 
 from __future__ import annotations

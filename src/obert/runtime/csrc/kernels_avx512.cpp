@@ -237,7 +237,7 @@ void i8_tile(const uint8_t* tile, const SpI8& w, int64_t n0, int32_t* buf) {
 
 // Rows r and r + 1 side by side over their common length, then each one's rest: one loop
 // (its counter, compare and branch) per two blocks and two independent address streams in
-// flight. Measured 2-11% faster than one row at a time for K = 768 (benchmarks/kernels.py);
+// flight. Measured 2-11% faster than one row at a time for K = 768 (benchmarks/int8_kernels.py);
 // more rows at once (4) or two accumulator sets within one row did not pay.
 template <int U>
 void i8_tile_pairs(const uint8_t* tile, const SpI8& w, int64_t n0, int32_t* buf) {

@@ -74,7 +74,7 @@ void set_isa(const std::string& name) {
 
 // How the AVX-512 INT8 kernel walks a row group: "pairs" (two output rows side by side, the
 // default) or "rows" (one at a time, the earlier kernel). The sums are the same; the switch
-// exists so that benchmarks/kernels.py can time both in one process. OBERT_I8_TILE picks
+// exists so that benchmarks/int8_kernels.py can time both in one process. OBERT_I8_TILE picks
 // the start-up value.
 std::atomic<bool>& pair_rows() {
   static std::atomic<bool> on{[] {

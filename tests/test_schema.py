@@ -238,6 +238,8 @@ def test_hub_splits_are_checked_by_row(monkeypatch) -> None:
                                            {"text": ["fine"], "answer_start": [3]}]}}
     monkeypatch.setattr(datasets, "load_dataset",
                         lambda name, *a, **k: datasets.Dataset.from_dict(hub[name]))
+    for env in ("OBERT_GLUE_DIR", "OBERT_SQUAD_DIR"):  # make test points these at local copies
+        monkeypatch.delenv(env, raising=False)
     assert "glue/sst2 validation, row 2: label 2 is not one of 0, 1" in _error(
         load_split, SST2, "dev")
     hub["nyu-mll/glue"]["label"] = [1, 0]

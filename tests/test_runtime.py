@@ -908,7 +908,10 @@ def test_fused_feed_forward_gives_the_unfused_logits(tiny_model_dir: Path, isa: 
     plain = rt.compile(m, "int8", max_density=1.0, fuse_ffn=False)
     layers = fused.bert.encoder.layer
     assert all(isinstance(layer.intermediate, rt.Int8FeedForward) for layer in layers)
-    assert all(isinstance(layer.output.dense, nn.Identity) for layer in layers)
+    # the feed-forward call adds its input, so the block's output step is only its LayerNorm
+    assert all(layer.intermediate.add_input for layer in layers)
+    assert all(isinstance(layer.output, rt.AddNorm) and layer.output.dense is None
+               for layer in layers)
     assert sum(c.ffn_fused for c in fused.obert_layers) == 2 * len(layers)
     assert not any(isinstance(mod, rt.Int8FeedForward) for mod in plain.modules())
     g = torch.Generator().manual_seed(1)
@@ -927,3 +930,72 @@ def test_fused_feed_forward_gives_the_unfused_logits(tiny_model_dir: Path, isa: 
         torch.set_num_threads(threads)
     p = profile(fused, {"input_ids": torch.randint(1000, 3000, (4, 64))}, calls=2, warmup=1)
     assert p["quantize_ms"] > 0 and p["linears_ms"] > 0
+
+
+# -- the residual add in the kernels' epilogue -----------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 17, 65])
+@pytest.mark.parametrize("n, k", [(17, 50), (48, 260)])
+def test_residual_epilogue_is_the_add_after_the_kernel(isa: str, m: int, n: int, k: int) -> None:
+    """y = act(x Wᵀ + b) + r in the epilogue equals the kernel's output plus r, bit for bit,
+    fp32 and INT8, with and without GELU, for a residual whose rows are a stride apart (a
+    slice of a wider tensor); a residual of the wrong shape is refused."""
+    rt.set_isa(isa)
+    kern = rt.kernels()
+    g = torch.Generator().manual_seed(m + n)
+    w = pruned(n, k, 0.7, 4, seed=m)
+    b, x = torch.randn(n, generator=g), torch.randn(m, k, generator=g)
+    r = torch.randn(m, n + 5, generator=g)[:, 2:n + 2]  # row stride n + 5
+    p8, p32 = pack_i8(w), pack_f32(w, 4)
+    for act in (0, 1):
+        y8 = kern.spmm_i8(x, p8.row_ptr, p8.col, p8.wq, p8.sw, p8.wsum, n, b, act)
+        f8 = kern.spmm_i8(x, p8.row_ptr, p8.col, p8.wq, p8.sw, p8.wsum, n, b, act, r)
+        y32 = kern.spmm_f32(x, p32.row_ptr, p32.col, p32.val, 4, n, b, act)
+        f32 = kern.spmm_f32(x, p32.row_ptr, p32.col, p32.val, 4, n, b, act, r)
+        assert torch.equal(f8, y8 + r) and torch.equal(f32, y32 + r)
+    with pytest.raises(RuntimeError, match="residual must be"):
+        kern.spmm_i8(x, p8.row_ptr, p8.col, p8.wq, p8.sw, p8.wsum, n, b, 0, r[:, 1:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [5, 200])  # one tile (the two-call path) and several tiles
+def test_feed_forward_adds_its_input_exactly(isa: str, m: int) -> None:
+    rt.set_isa(isa)
+    g = torch.Generator().manual_seed(m)
+    fc1 = rt.SparseLinear.from_weight(pruned(96, 32, 0.6, 4, seed=1), torch.randn(96, generator=g),
+                                      "int8", act="gelu")
+    fc2 = rt.SparseLinear.from_weight(pruned(32, 96, 0.6, 4, seed=2), torch.randn(32, generator=g),
+                                      "int8")
+    x = torch.randn(m, 32, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        plain = rt.Int8FeedForward(fc1, fc2)(x)
+        added = rt.Int8FeedForward(fc1, fc2, add_input=True)(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(added, plain + x)
+    with pytest.raises(ValueError, match="add_input"):
+        rt.Int8FeedForward(fc1, rt.SparseLinear.from_weight(pruned(16, 96, 0.6, 4), None, "int8"),
+                           add_input=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_fused_residual_gives_the_unfused_logits(tiny_model_dir: Path, dtype: str) -> None:
+    """compile's AddNorm (the residual in the epilogue) gives exactly the logits of the model
+    with the add left to transformers; every block output of the tiny BERT is fused."""
+    m = _tiny_pruned(tiny_model_dir, 0.9, 4)
+    fused = rt.compile(m, dtype, max_density=1.0)
+    plain = rt.compile(m, dtype, max_density=1.0, fuse_residual=False)
+    layers = fused.bert.encoder.layer
+    assert all(isinstance(layer.attention.output, rt.AddNorm) for layer in layers)
+    assert all(isinstance(layer.output, rt.AddNorm) for layer in layers)
+    assert sum(c.residual_fused for c in fused.obert_layers) == 2 * len(layers)
+    assert not any(isinstance(mod, rt.AddNorm) for mod in plain.modules())
+    g = torch.Generator().manual_seed(3)
+    for b, length in ((1, 7), (4, 70)):
+        x = torch.randint(1000, 3000, (b, length), generator=g)
+        with torch.inference_mode():
+            assert torch.equal(fused(input_ids=x).logits, plain(input_ids=x).logits)

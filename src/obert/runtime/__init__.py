@@ -6,11 +6,17 @@
 
 from ._ext import available_isas, isa, kernels, set_isa
 from .compile import MAX_DENSITY, LayerChoice, compile, summary
-from .modules import Int8FeedForward, Int8SelfAttention, SparseLinear, quantize_dynamic_int8
+from .modules import (
+    AddNorm,
+    Int8FeedForward,
+    Int8SelfAttention,
+    SparseLinear,
+    quantize_dynamic_int8,
+)
 from .pack import Packed, pack_f32, pack_i8
 
 __all__ = [
-    "MAX_DENSITY", "Int8FeedForward", "Int8SelfAttention", "LayerChoice", "Packed", "SparseLinear", "available_isas",
+    "MAX_DENSITY", "AddNorm", "Int8FeedForward", "Int8SelfAttention", "LayerChoice", "Packed", "SparseLinear", "available_isas",
     "compile", "isa",
     "kernels", "pack_f32", "pack_i8", "quantize_dynamic_int8", "set_isa", "summary",
 ]

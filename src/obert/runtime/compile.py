@@ -1,12 +1,14 @@
 """`compile(model)`: swap each pruned nn.Linear for the fastest kernel for its sparsity.
 
 The model's forward, outputs and tokenizer stay as they were; only Linear modules (and the GELU
-that follows an intermediate projection, fused into the kernel's output) are replaced.
+that follows an intermediate projection, and the residual add before a block's LayerNorm, fused
+into the kernel's output) are replaced.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -17,6 +19,7 @@ from obert.sparsity import weight_stats
 
 from .autotune import Autotuner
 from .modules import (
+    AddNorm,
     DenseInt8Linear,
     FusedPart,
     FusedProjections,
@@ -43,6 +46,7 @@ class LayerChoice:
     gelu_fused: bool = False
     qkv_fused: bool = False
     ffn_fused: bool = False
+    residual_fused: bool = False
 
 
 def _is_exact_gelu(mod: nn.Module) -> bool:
@@ -87,6 +91,7 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     int8_attention: bool = True,
     fuse_ffn: bool = True,
     plan: Int8Plan | None = None,
+    fuse_residual: bool = True,
 ) -> nn.Module:
     """Return `model` for CPU inference on obert's kernels.
 
@@ -110,7 +115,9 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
     (``Int8SelfAttention``, ``obert.compression.quant.int8_attention``); its projections are one kernel call when they share an engine.
     The converted attention modules are named in `model.obert_attention`. A feed-forward
     block whose two Linears both go sparse INT8 (with the GELU fused) runs as one call that
-    keeps the hidden activations in cache (``Int8FeedForward``, `fuse_ffn`).
+    keeps the hidden activations in cache (``Int8FeedForward``, `fuse_ffn`). Each block's
+    output step, LayerNorm(dense(h) + input), adds the input in the kernel's epilogue when
+    its dense runs on obert's kernels (``AddNorm``, `fuse_residual`).
     """
     if dtype not in MAX_DENSITY:
         raise ValueError(f"dtype must be 'fp32' or 'int8', not {dtype!r}")
@@ -160,6 +167,8 @@ def compile(  # noqa: A001  (the verb users expect, like torch.compile)
         choices.append(c)
     if fuse_ffn and dtype == "int8":
         _fuse_ffn(model, choices)
+    if fuse_residual:
+        _fuse_residual(model, choices)
     model.obert_layers = choices
     if tuner is not None:
         tuner.save()
@@ -217,6 +226,43 @@ def _fuse_ffn(model: nn.Module, choices: list[LayerChoice]) -> None:
         out.dense = nn.Identity()
         for part in ("intermediate.dense", "output.dense"):
             by_name[f"{name}.{part}" if name else part].ffn_fused = True
+
+
+def _is_add_norm(mod: nn.Module) -> bool:
+    """transformers' BERT-style block output, forward(hidden_states, input_tensor) =
+    LayerNorm(dropout(dense(hidden_states)) + input_tensor)."""
+    if not type(mod).__name__.endswith("Output") or not isinstance(
+            getattr(mod, "LayerNorm", None), nn.LayerNorm) or not hasattr(mod, "dense"):
+        return False
+    try:
+        params = list(inspect.signature(mod.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params == ["hidden_states", "input_tensor"]
+
+
+def _fuse_residual(model: nn.Module, choices: list[LayerChoice]) -> None:
+    """Each block output step whose dense is on obert's kernels becomes ``AddNorm``: the
+    residual added in the kernel's epilogue. After an ``Int8FeedForward`` (whose output Linear
+    is an identity) the feed-forward call adds its own input, which is that residual."""
+    by_name = {c.name: c for c in choices}
+    for pname, parent in list(model.named_modules()):
+        for attr, mod in list(parent.named_children()):
+            if not _is_add_norm(mod):
+                continue
+            dense = mod.dense
+            ffn = getattr(parent, "intermediate", None) if attr == "output" else None
+            if isinstance(dense, (SparseLinear, DenseInt8Linear)):
+                setattr(parent, attr, AddNorm(dense, mod.LayerNorm))
+            elif isinstance(dense, nn.Identity) and isinstance(ffn, Int8FeedForward) \
+                    and ffn.fc2.out_features == ffn.fc1.in_features:
+                ffn.add_input = True
+                setattr(parent, attr, AddNorm(None, mod.LayerNorm))
+            else:
+                continue
+            full = f"{pname}.{attr}.dense" if pname else f"{attr}.dense"
+            if full in by_name:
+                by_name[full].residual_fused = True
 
 
 def _concat(lins: list[nn.Linear]) -> nn.Linear:

@@ -65,16 +65,19 @@ class SparseLinear(nn.Module):
                     scale: torch.Tensor | None = None) -> SparseLinear:
         return cls.from_weight(linear.weight, linear.bias, dtype, bs, act, scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """act(x Wᵀ + b), plus ``residual`` (shaped as the output) added last, in the kernel's
+        epilogue, when given."""
         shape = x.shape
         x2 = _rows(x, self.in_features)
+        r2 = None if residual is None else _rows(residual, self.out_features)
         k = kernels()
         if self.dtype_name == "fp32":
             y = k.spmm_f32(x2, self.row_ptr, self.col, self.val, self.bs, self.out_features,
-                           self.bias, ACTS[self.act])
+                           self.bias, ACTS[self.act], r2)
         else:
             y = k.spmm_i8(x2, self.row_ptr, self.col, self.wq, self.sw, self.wsum,
-                          self.out_features, self.bias, ACTS[self.act])
+                          self.out_features, self.bias, ACTS[self.act], r2)
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -153,7 +156,7 @@ class DenseInt8Linear(nn.Module):
         b = None if linear.bias is None else linear.bias.detach().float().contiguous().clone()
         self.register_buffer("bias", b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         q, sx = quantize_tokens(x.reshape(-1, self.in_features).float())
         y = torch._int_mm(q.to(torch.int8), self.wq_t).float() * sx * self.sw
@@ -161,6 +164,8 @@ class DenseInt8Linear(nn.Module):
             y = y + self.bias
         if self.act == "gelu":
             y = nn.functional.gelu(y)
+        if residual is not None:  # last, the order SparseLinear's epilogue adds it in
+            y = y + residual.reshape(-1, self.out_features).float()
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -174,23 +179,47 @@ class Int8FeedForward(nn.Module):
     from the first kernel to the second one token tile at a time, in cache, never as a
     [tokens, 4 · hidden] tensor. Exactly the numbers of the two SparseLinear calls it holds.
     It stands in for transformers' ``*Intermediate`` module; the layer's output Linear becomes
-    an identity (``compile`` does both)."""
+    an identity (``compile`` does both). With ``add_input`` the block's input is added to its
+    output in the second kernel's epilogue: the residual the layer adds before its LayerNorm
+    (``AddNorm`` then skips it)."""
 
-    def __init__(self, fc1: SparseLinear, fc2: SparseLinear):
+    def __init__(self, fc1: SparseLinear, fc2: SparseLinear, add_input: bool = False):
         super().__init__()
         if fc1.dtype_name != "int8" or fc2.dtype_name != "int8" or fc1.act != "gelu":
             raise ValueError("Int8FeedForward takes two int8 SparseLinear, the first with GELU")
         if fc2.in_features != fc1.out_features:
             raise ValueError(f"fc2 takes {fc2.in_features} inputs, fc1 gives {fc1.out_features}")
-        self.fc1, self.fc2 = fc1, fc2
+        if add_input and fc2.out_features != fc1.in_features:
+            raise ValueError(f"add_input needs fc2's {fc2.out_features} outputs to match "
+                             f"fc1's {fc1.in_features} inputs")
+        self.fc1, self.fc2, self.add_input = fc1, fc2, add_input
         self.out_features = fc2.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         a, b = self.fc1, self.fc2
         y = kernels().ffn_i8(_rows(x, a.in_features), a.row_ptr, a.col, a.wq, a.sw, a.wsum, a.out_features, a.bias,
-                             b.row_ptr, b.col, b.wq, b.sw, b.wsum, b.out_features, b.bias)
+                             b.row_ptr, b.col, b.wq, b.sw, b.wsum, b.out_features, b.bias,
+                             self.add_input)
         return y.view(*shape[:-1], self.out_features)
+
+
+class AddNorm(nn.Module):
+    """A transformer block's output step, LayerNorm(dense(h) + input), with the residual added
+    in the kernel's epilogue rather than as one more pass over the activations. It stands in for
+    transformers' ``*SelfOutput`` / ``*Output`` (their dropout is the identity in inference).
+    ``dense`` is None where the feed-forward block already added its input
+    (``Int8FeedForward(add_input=True)``): then it is LayerNorm(h). The same float additions
+    in the same order as the module it replaces, so the same numbers."""
+
+    def __init__(self, dense: SparseLinear | DenseInt8Linear | None, norm: nn.LayerNorm):
+        super().__init__()
+        self.dense, self.LayerNorm = dense, norm  # transformers' attribute names
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if self.dense is None:
+            return self.LayerNorm(hidden_states)
+        return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
 
 
 class Int8SelfAttention(nn.Module):

@@ -47,11 +47,15 @@ struct SpI8 {
   bool pair_rows = true;
 };
 
+// y[m][n] = act(sum + bias[n]) + res[m][n]: the residual is added last, as the transformer
+// block adds its input to the output projection's result (the same float ops in that order).
 struct Out {
   float* y;
   int64_t M, N, ldy;
   const float* bias;  // may be null
   int act;            // 0: none, 1: GELU (erf)
+  const float* res = nullptr;  // residual [M][ldr], may be null
+  int64_t ldr = 0;
 };
 
 // Self-attention in INT8 (obert.compression.quant.int8_attention is the reference): for batch b

@@ -91,6 +91,7 @@ inline void store_tile(const float* buf, int U, int64_t m0, int64_t n0, const Ou
         if (m >= o.M) break;
         __m256 v = _mm256_add_ps(fin(r[t], m, h), bias);
         if (o.act == 1) v = gelu(v);
+        if (o.res) v = _mm256_add_ps(v, _mm256_maskload_ps(o.res + m * o.ldr + nh, mk));
         _mm256_maskstore_ps(o.y + m * o.ldy + nh, mk, v);
       }
     }

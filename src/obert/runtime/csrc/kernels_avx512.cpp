@@ -103,6 +103,7 @@ inline void store_tile(const float* buf, int U, int64_t m0, int64_t n0, const Ou
       if (m >= o.M) return;
       __m512 v = _mm512_add_ps(fin(r[t], m), bias);
       if (o.act == 1) v = gelu(v);
+      if (o.res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, o.res + m * o.ldr + n0));
       _mm512_mask_storeu_ps(o.y + m * o.ldy + n0, mk, v);
     }
   }

@@ -14,9 +14,10 @@ namespace {
 
 constexpr int kTok = 16;
 
-inline float finish(float acc, int64_t n, const Out& o) {
+inline float finish(float acc, int64_t m, int64_t n, const Out& o) {
   float v = acc + (o.bias ? o.bias[n] : 0.0f);
-  return o.act == 1 ? gelu_ref(v) : v;
+  if (o.act == 1) v = gelu_ref(v);
+  return o.res ? v + o.res[m * o.ldr + n] : v;
 }
 
 void f32_prepare(const float* x, int64_t M, int64_t K, int64_t ldx, float* xt, int64_t Kp,
@@ -45,7 +46,7 @@ void f32_spmm(const float* xt, int64_t Kp, const SpF32& w, const Out& o, int64_t
           for (int t = 0; t < kTok; ++t) acc[t] += xp[t] * v;
         }
       }
-      for (int64_t t = 0; t < mt; ++t) o.y[(m0 + t) * o.ldy + n] = finish(acc[t], n, o);
+      for (int64_t t = 0; t < mt; ++t) o.y[(m0 + t) * o.ldy + n] = finish(acc[t], m0 + t, n, o);
     }
   }
 }
@@ -87,7 +88,7 @@ void i8_spmm(const uint8_t* x4, int64_t K4, const float* sx, const SpI8& w, cons
           for (int i = 0; i < 4; ++i) acc[t] += ((int32_t)xp[t * 4 + i] - 128) * wb[i];
       }
       for (int64_t t = 0; t < mt; ++t)
-        o.y[(m0 + t) * o.ldy + n] = finish((float)acc[t] * (w.sw[n] * sx[m0 + t]), n, o);
+        o.y[(m0 + t) * o.ldy + n] = finish((float)acc[t] * (w.sw[n] * sx[m0 + t]), m0 + t, n, o);
     }
   }
 }

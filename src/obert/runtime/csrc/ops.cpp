@@ -239,14 +239,28 @@ const float* bias_of(const c10::optional<torch::Tensor>& bias, int64_t N) {
   return bias->data_ptr<float>();
 }
 
-obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act) {
+// A checked residual for [M, N] outputs (added after bias and activation), or null.
+const float* residual_of(const c10::optional<torch::Tensor>& res, int64_t M, int64_t N) {
+  if (!res || !res->defined()) return nullptr;
+  TORCH_CHECK(res->device().is_cpu() && res->scalar_type() == torch::kFloat32 &&
+                  res->dim() == 2 && res->size(0) == M && res->size(1) == N &&
+                  res->stride(1) == 1,
+              "residual must be a CPU float32 [", M, ", ", N, "] tensor with unit inner stride, "
+              "not ", res->sizes());
+  return res->data_ptr<float>();
+}
+
+obert::Out make_out(torch::Tensor& y, const c10::optional<torch::Tensor>& bias, int64_t act,
+                    const c10::optional<torch::Tensor>& res = c10::nullopt) {
   return {y.data_ptr<float>(), y.size(0), y.size(1), y.stride(0), bias_of(bias, y.size(1)),
-          (int)act};
+          (int)act, residual_of(res, y.size(0), y.size(1)),
+          res && res->defined() ? res->stride(0) : 0};
 }
 
 torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
                        const torch::Tensor& col, const torch::Tensor& val, int64_t bs, int64_t N,
-                       const c10::optional<torch::Tensor>& bias, int64_t act) {
+                       const c10::optional<torch::Tensor>& bias, int64_t act,
+                       const c10::optional<torch::Tensor>& residual) {
   check_x(x);
   TORCH_CHECK(bs == 1 || bs == 4, "block size must be 1 or 4");
   const int64_t nnz = check_sparse(row_ptr, col, N, x.size(1), bs);
@@ -271,7 +285,7 @@ torch::Tensor spmm_f32(const torch::Tensor& x, const torch::Tensor& row_ptr,
   }
   const obert::SpF32 w{row_ptr.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                        val.data_ptr<float>(), (int)bs};
-  const obert::Out o = make_out(y, bias, act);
+  const obert::Out o = make_out(y, bias, act, residual);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
   parallel_balanced(tiles, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
     isa->f32_spmm(xt, Kp, w, o, groups, i0, i1);
@@ -319,7 +333,7 @@ I8Input prepare_i8(const Isa* isa, const torch::Tensor& x, int64_t Mt) {
 torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
                       const torch::Tensor& col, const torch::Tensor& wq, const torch::Tensor& sw,
                       const torch::Tensor& wsum, int64_t N, const c10::optional<torch::Tensor>& bias,
-                      int64_t act) {
+                      int64_t act, const c10::optional<torch::Tensor>& residual) {
   check_x(x);
   const obert::SpI8 w = check_i8(x.size(1), row_ptr, col, wq, sw, wsum, N);
   const Isa* isa = current().load();
@@ -328,7 +342,7 @@ torch::Tensor spmm_i8(const torch::Tensor& x, const torch::Tensor& row_ptr,
   auto y = new_output(M, N, x);
   if (M == 0) return y;
   const auto [x4, sx] = prepare_i8(isa, x, Mt);
-  const obert::Out o = make_out(y, bias, act);
+  const obert::Out o = make_out(y, bias, act, residual);
   const int64_t groups = (row_ptr.numel() - 1) / obert::kRowGroup;
   parallel_balanced(Mt / T, groups, w.row_ptr, [&](int64_t i0, int64_t i1) {
     isa->i8_spmm(x4, K4, sx, w, o, groups, i0, i1);
@@ -345,7 +359,8 @@ uint8_t* tile_scratch(size_t n) {
   return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t(63));
 }
 
-// The feed-forward block y = GELU(x W1^T + b1) W2^T + b2, both weights INT8 4-blocks, one
+// The feed-forward block y = GELU(x W1^T + b1) W2^T + b2 (+ x: add_input, the residual the
+// layer adds before its LayerNorm), both weights INT8 4-blocks, one
 // token tile at a time: the tile's hidden activations (T x N1 floats, ~0.8 MB for BERT-base)
 // go from the first kernel's GELU epilogue to the second's int8 layout while still in this
 // core's cache, never through memory as a [tokens, N1] tensor. The numbers are exactly those
@@ -355,16 +370,20 @@ torch::Tensor ffn_i8(const torch::Tensor& x, const torch::Tensor& rp1, const tor
                      const torch::Tensor& wq1, const torch::Tensor& sw1, const torch::Tensor& wsum1,
                      int64_t N1, const c10::optional<torch::Tensor>& b1, const torch::Tensor& rp2,
                      const torch::Tensor& col2, const torch::Tensor& wq2, const torch::Tensor& sw2,
-                     const torch::Tensor& wsum2, int64_t N2, const c10::optional<torch::Tensor>& b2) {
+                     const torch::Tensor& wsum2, int64_t N2, const c10::optional<torch::Tensor>& b2,
+                     bool add_input) {
   check_x(x);
   const obert::SpI8 w1 = check_i8(x.size(1), rp1, col1, wq1, sw1, wsum1, N1);
   const obert::SpI8 w2 = check_i8(N1, rp2, col2, wq2, sw2, wsum2, N2);
   const Isa* isa = current().load();
   const int64_t M = x.size(0), K4 = (x.size(1) + 3) / 4, T = isa->tok_tile;
   const int64_t tiles = (M + T - 1) / T, Mt = tiles * T;
+  const c10::optional<torch::Tensor> res = add_input ? c10::optional<torch::Tensor>(x) : c10::nullopt;
+  TORCH_CHECK(!add_input || N2 == x.size(1), "adding the input needs as many outputs (", N2,
+              ") as inputs (", x.size(1), ")");
   if (tiles < at::get_num_threads()) {
-    const auto h = spmm_i8(x, rp1, col1, wq1, sw1, wsum1, N1, b1, 1);
-    return spmm_i8(h, rp2, col2, wq2, sw2, wsum2, N2, b2, 0);
+    const auto h = spmm_i8(x, rp1, col1, wq1, sw1, wsum1, N1, b1, 1, c10::nullopt);
+    return spmm_i8(h, rp2, col2, wq2, sw2, wsum2, N2, b2, 0, res);
   }
   auto y = new_output(M, N2, x);
   const auto [x4, sx] = prepare_i8(isa, x, Mt);
@@ -390,7 +409,8 @@ torch::Tensor ffn_i8(const torch::Tensor& x, const torch::Tensor& rp1, const tor
       PrepTimer timer(threads);
       isa->i8_prepare(h, mt, N1, ldh, h4, sh, 0, T);
     }
-    const obert::Out o2{yp + t * T * ldy, mt, N2, ldy, bias2, 0};
+    const float* rt = add_input ? x.data_ptr<float>() + t * T * x.stride(0) : nullptr;
+    const obert::Out o2{yp + t * T * ldy, mt, N2, ldy, bias2, 0, rt, x.stride(0)};
     isa->i8_spmm(h4, K4h, sh, w2, o2, g2, 0, g2);
   });
   return y;
@@ -459,23 +479,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa, "use 'auto' or one of available_isas()");
   m.def("spmm_f32", &spmm_f32, "y = x W^T + b with W in blocked CSR (fp32)", py::arg("x"),
         py::arg("row_ptr"), py::arg("col"), py::arg("val"), py::arg("bs"), py::arg("n"),
-        py::arg("bias") = py::none(), py::arg("act") = 0,
+        py::arg("bias") = py::none(), py::arg("act") = 0, py::arg("residual") = py::none(),
         // no Python object is touched inside: other Python threads run meanwhile
         py::call_guard<py::gil_scoped_release>());
   m.def("spmm_i8", &spmm_i8, "y = x W^T + b with int8 4-blocks, dynamic per-token activations",
         py::arg("x"), py::arg("row_ptr"), py::arg("col"), py::arg("wq"), py::arg("sw"),
         py::arg("wsum"), py::arg("n"), py::arg("bias") = py::none(), py::arg("act") = 0,
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("residual") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("i8_tile", [] { return std::string(pair_rows().load() ? "pairs" : "rows"); },
         "how the AVX-512 INT8 kernel walks a row group: 'pairs' or 'rows'");
   m.def("set_i8_tile", &set_i8_tile, "'pairs' (default) or 'rows' (one row at a time)");
   m.def("prep_timer", &prep_timer,
         "nanoseconds spent preparing activations since the last call; on: keep timing (profiles)");
-  m.def("ffn_i8", &ffn_i8, "GELU(x W1^T + b1) W2^T + b2, both int8 4-blocks, one token tile at a time",
+  m.def("ffn_i8", &ffn_i8, "GELU(x W1^T + b1) W2^T + b2 (+ x with add_input), both int8 4-blocks, one token tile at a time",
         py::arg("x"), py::arg("row_ptr1"), py::arg("col1"), py::arg("wq1"), py::arg("sw1"),
         py::arg("wsum1"), py::arg("n1"), py::arg("bias1"), py::arg("row_ptr2"), py::arg("col2"),
         py::arg("wq2"), py::arg("sw2"), py::arg("wsum2"), py::arg("n2"), py::arg("bias2"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("add_input") = false, py::call_guard<py::gil_scoped_release>());
   m.def("attention_i8", &attention_i8, "self-attention with int8 QK^T and softmax V",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("batch"), py::arg("heads"),
         py::arg("mask") = py::none(), py::arg("scaling") = 1.0,

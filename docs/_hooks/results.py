@@ -16,8 +16,9 @@ SERVED = {".md", ".png", ".json"}
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
-    for path in sorted(RESULTS.iterdir()):
-        if path.suffix in SERVED:
-            files.append(File.generated(config, f"benchmarks/results/{path.name}",
+    for path in sorted(RESULTS.rglob("*")):  # runtime_runs/ holds one report per run
+        if path.suffix in SERVED and path.is_file():
+            rel = path.relative_to(RESULTS).as_posix()
+            files.append(File.generated(config, f"benchmarks/results/{rel}",
                                         abs_src_path=str(path)))
     return files

@@ -35,6 +35,22 @@ def run_and_report(out: Path, name: str, run: Callable[[], dict] | None,
     print((out / f"{name}.md").read_text())
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """path's new text, written beside it and renamed over it: a killed run never leaves a
+    half-written results file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_report(out: Path, res: dict, write_md: Callable[[dict, Path], None]) -> None:
+    """res to out.json, write_md(res, out.md), each written whole; print the Markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out.with_suffix(".json"), json.dumps(res, indent=1))
+    write_md(res, out.with_suffix(".md"))
+    print(out.with_suffix(".md").read_text())
+
+
 def teacher(data_dir: str, train_rows: int, epochs: float, threads: int,
             quiet: bool = True) -> Path:
     """MiniLM-L6 fine-tuned densely on ``train_rows`` SST-2 rows (LR 8e-5), cached per rows and

@@ -15,7 +15,6 @@ to the all-on model's first (the fusions change no number).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import HERE, log  # noqa: E402
+from _bench import HERE, log, save_report, write_atomic  # noqa: E402
 from runtime import prune_linears  # noqa: E402
 
 import obert.runtime as rt  # noqa: E402
@@ -103,9 +102,7 @@ def write_md(res: dict, path: Path) -> None:
                          f"[{x['min']:.3f}–{x['max']:.3f}] | "
                          + " | ".join(f"{m[p + '_ms']:.2f}" for p in (*PARTS, "rest")) + " |")
         lines.append("")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -122,13 +119,7 @@ def main() -> None:
            "rounds": a.rounds, "calls": a.calls, "load_start": load,
            "batches": [bench(b, a) for b in a.batches]}
     res["load_end"], res["minutes"] = os.getloadavg()[0], (time.time() - t0) / 60
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
-    write_md(res, out.with_suffix(".md"))
-    print(out.with_suffix(".md").read_text())
+    save_report(Path(a.out), res, write_md)
 
 
 if __name__ == "__main__":

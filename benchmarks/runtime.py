@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import HERE, log  # noqa: E402
+from _bench import HERE, log, save_report, write_atomic  # noqa: E402
 from _rounds import RemoteEngine, RemoteError, Timed, interleaved  # noqa: E402
 
 import obert.runtime as rt  # noqa: E402
@@ -330,9 +330,7 @@ def write_md(report: dict, path: Path) -> None:
         was = f" {before.get((g['goal'], g['batch']), '')} |" if before else ""
         lines.append(f"| {g['goal']} | {g['batch']} | {g['measured']} | "
                      f"{'yes' if g['met'] else 'no'} |{was}")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def _goal(goal: str, batch: int, value: float, need: float, measured: str) -> dict:
@@ -481,13 +479,7 @@ def main() -> None:
             "goals": prev.get("goals", []),
         }
     report["minutes"] = (time.time() - t0) / 60
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = out.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(report, indent=1))
-    os.replace(tmp_json, out.with_suffix(".json"))
-    write_md(report, out.with_suffix(".md"))
-    print(out.with_suffix(".md").read_text())
+    save_report(Path(a.out), report, write_md)
 
 
 if __name__ == "__main__":

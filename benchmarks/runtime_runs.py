@@ -24,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import HERE, save_report, write_atomic  # noqa: E402
+
 RESULTS = HERE / "results"
 DEFAULT_OUT = RESULTS / "runtime_runs"
 
@@ -44,10 +46,8 @@ def run_all(n: int, args: list[str], out_dir: Path) -> list[Path]:
     if out_dir.resolve() != DEFAULT_OUT.resolve():
         return paths
     for suffix in (".json", ".md"):  # the last run is the full report the docs link
-        text = paths[-1].with_suffix(suffix).read_text()
-        tmp = (RESULTS / "runtime").with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, (RESULTS / "runtime").with_suffix(suffix))
+        write_atomic((RESULTS / "runtime").with_suffix(suffix),
+                     paths[-1].with_suffix(suffix).read_text())
     return paths
 
 
@@ -96,9 +96,7 @@ def write_md(summary: dict, path: Path) -> None:
         lines.append(f"| {g['goal']} | {g['batch']} | {cells} | {g['median']:.2f} | "
                      f"{g['worst']:.2f} | {'yes' if g['met'] else 'no'} |")
     lines.append("")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines))
 
 
 def main() -> None:
@@ -119,11 +117,7 @@ def main() -> None:
     paths = a.summarize or run_all(a.runs, rest, a.out)
     summary = summarize(paths)
     summary["minutes"] = (time.time() - t0) / 60
-    tmp = a.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, a.out.with_suffix(".json"))
-    write_md(summary, a.out.with_suffix(".md"))
-    print(a.out.with_suffix(".md").read_text())
+    save_report(a.out, summary, write_md)
 
 
 if __name__ == "__main__":

@@ -405,8 +405,9 @@ def _check_fisher_flags(args) -> None:
                          f"{'it' if len(given) == 1 else 'them'} or use --method obert")
 
 
-def _given(value, default):
-    return default if value is None else value
+def _set(**flags) -> dict:
+    """The flags that were given (not None), as keyword arguments."""
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _seq_len(args) -> int:
@@ -441,13 +442,15 @@ def run(args: argparse.Namespace) -> int:
 
         _check_fisher_flags(args)
         gbs = args.grad_batch_size
-        fisher = FisherConfig(
-            num_grads=_given(args.num_grads, 1024), block_size=args.fisher_block_size,
-            damp=_given(args.damp, 1e-7),
-            grad_batch_size=get_task(args.task).grad_batch_size if gbs is None else gbs,
-            max_memory_gb=args.max_fisher_memory)
+        # flags left out (None) take FisherConfig's and StepConfig's defaults, the one place
+        # that holds them
+        fisher = FisherConfig(**_set(num_grads=args.num_grads, damp=args.damp),
+                              block_size=args.fisher_block_size,
+                              grad_batch_size=get_task(args.task).grad_batch_size
+                              if gbs is None else gbs,
+                              max_memory_gb=args.max_fisher_memory)
         cfg = StepConfig(method=args.method, mask=args.mask, scope=args.scope,
-                         recomputations=_given(args.recomputations, 1), fisher=fisher)
+                         **_set(recomputations=args.recomputations), fisher=fisher)
         wf.run_oneshot(args.model, _data(args), cfg, args.sparsity, args.output,
                        TargetsConfig(args.include, args.exclude, args.prune_embeddings,
                                      args.prune_head), _seq_len(args),
